@@ -1,0 +1,163 @@
+"""The bridge runtime: three kinds of removable diffusers hooks on the real transformer and its blocks.
+
+- `StepHook` on the transformer: reads the pipeline's `cache_context` (branch name, step index), asks the
+  schedule what this step is, and publishes that plan for the duration of the forward call.
+- `SkipBlockHook` on blocks `0..L-2`: at a bridged step returns its stream inputs in the block's output
+  shape without entering the block; at a full step calls the block as usual.
+- `FinalBlockHook` on block `L-1`: at a full step stores its stream inputs (one cache per guidance branch)
+  and runs the block; at a bridged step runs the block on the cached stream with the current step's own
+  conditioning and, if the adapter set has one, the step's LoRA adapter switched on.
+
+Embeddings and the output head are untouched model code, so a bridged step costs them plus one block.
+State lives in a diffusers `StateManager` keyed by the `cache_context` name, and the pipeline resets it
+after every call (`maybe_free_model_hooks`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+
+from ..models.spec import BlockArgs, ModelSpec
+from .schedule import Schedule, StepPlan
+
+STEP_HOOK = "lbdist_bridge_step"
+SKIP_HOOK = "lbdist_bridge_skip"
+FINAL_HOOK = "lbdist_bridge_final"
+
+
+class BranchState(BaseState):
+    """Per guidance branch: the cached final-block stream and the step it was taken at."""
+
+    def __init__(self):
+        self.cache: dict[str, torch.Tensor] | None = None
+        self.anchor: int | None = None
+        self.calls = 0
+
+    def reset(self):
+        self.cache, self.anchor, self.calls = None, None, 0
+
+
+@dataclass
+class Current:
+    plan: StepPlan
+    branch: str
+    state: BranchState
+
+
+class BridgeRuntime:
+    """Shared by the hooks of one transformer: spec, schedule, resident adapters, counters."""
+
+    def __init__(self, spec: ModelSpec, schedule: Schedule, adapters=None, steps_of=None):
+        self.spec = spec
+        self.schedule = schedule
+        self.adapters = adapters  # ResidentAdapters or None (uncalibrated bridge)
+        self.steps_of = steps_of  # callable -> the pipeline's step count, for pipelines whose context lacks it
+        self.states = StateManager(BranchState)
+        self.current: Current | None = None
+        self.stats = {"full": 0, "bridged": 0, "calibrated": 0}
+
+    def begin(self) -> Current:
+        context = self.states._context
+        if context is None:
+            raise RuntimeError(
+                "the lbdist bridge needs to know the denoising step: call the transformer inside "
+                "`transformer.cache_context('cond', step_index=i)` (diffusers pipelines do this)")
+        state: BranchState = self.states.get_state()
+        step = context.step_index if context.step_index is not None else state.calls
+        total = context.num_inference_steps
+        if total is None and state.calls == 0 and self.steps_of is not None:
+            total = self.steps_of()
+        if total is not None and total != self.schedule.num_steps:
+            raise ValueError(
+                f"the pipeline runs {total} denoising steps but the bridge schedule has "
+                f"{self.schedule.num_steps}; call the pipeline with num_inference_steps="
+                f"{self.schedule.num_steps} or enable the bridge with a schedule for {total} steps")
+        if step >= self.schedule.num_steps:
+            raise ValueError(
+                f"transformer call {step} of branch {context.name!r} is past the schedule's "
+                f"{self.schedule.num_steps} steps: call the pipeline with num_inference_steps="
+                f"{self.schedule.num_steps}, or call lbdist.reset_bridge(pipe) after an interrupted run")
+        plan = self.schedule.plan(step)
+        if not plan.full and state.anchor != plan.anchor:
+            raise RuntimeError(
+                f"step {step} ({context.name}) is bridged from step {plan.anchor}, but the cache holds step "
+                f"{state.anchor}: the full step was skipped (interrupted run? call lbdist.reset_bridge(pipe))")
+        self.stats["full" if plan.full else "bridged"] += 1
+        self.current = Current(plan, context.name, state)
+        return self.current
+
+    def end(self, current: Current) -> None:
+        current.state.calls += 1
+        self.current = None
+
+
+class StepHook(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, runtime: BridgeRuntime):
+        super().__init__()
+        self.runtime = runtime
+        self.state_manager = runtime.states  # found by diffusers' cache_context, which sets its context
+
+    def new_forward(self, module, *args, **kwargs):
+        current = self.runtime.begin()
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            self.runtime.end(current)
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        self.runtime.current = None
+        return module
+
+
+class SkipBlockHook(ModelHook):
+    def __init__(self, runtime: BridgeRuntime, block: torch.nn.Module):
+        super().__init__()
+        self.runtime = runtime
+        self.args = BlockArgs(block)
+        self.stream = runtime.spec.stream_names
+
+    def new_forward(self, module, *args, **kwargs):
+        current = self.runtime.current
+        if current is None or current.plan.full:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        get = self.args.get
+        return self.runtime.spec.pack_output({n: get(n, args, kwargs) for n in self.stream})
+
+
+class FinalBlockHook(ModelHook):
+    _is_stateful = True
+
+    def __init__(self, runtime: BridgeRuntime, block: torch.nn.Module):
+        super().__init__()
+        self.runtime = runtime
+        self.state_manager = runtime.states
+        self.args = BlockArgs(block)
+
+    def new_forward(self, module, *args, **kwargs):
+        current = self.runtime.current
+        if current is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        stream = self.runtime.spec.stream_names
+        if current.plan.full:
+            current.state.cache = {n: self.args.get(n, args, kwargs).detach().clone() for n in stream}
+            current.state.anchor = current.plan.step
+            return self.fn_ref.original_forward(*args, **kwargs)
+        args, kwargs = self.args.replace(current.state.cache, args, kwargs)
+        adapters = self.runtime.adapters
+        if adapters is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        if adapters.activate(current.plan.step, current.branch):
+            self.runtime.stats["calibrated"] += 1
+        try:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            adapters.deactivate()
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
