@@ -32,7 +32,7 @@ def make_pipe(family: str, **overrides):
 def call_kwargs(family: str, steps: int, **extra) -> dict:
     from lbdist.toy.build import CALL_DEFAULTS
 
-    return dict(num_inference_steps=steps, output_type="latent", **CALL_DEFAULTS[family]["tiny"], **extra)
+    return {**CALL_DEFAULTS[family]["tiny"], "num_inference_steps": steps, "output_type": "latent", **extra}
 
 
 def generate(pipe, family: str, prompt: str = "a red circle", steps: int = 10, seed: int = 0, **extra):

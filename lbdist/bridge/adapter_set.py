@@ -180,3 +180,34 @@ class AdapterSet:
             api.upload_folder(folder_path=tmp, repo_id=repo_id)
         return f"https://huggingface.co/{repo_id}"
 
+
+
+def random_adapter_set(transformer: torch.nn.Module, schedule: Schedule, branches: tuple[str, ...] | None = None,
+                       lora: LoraSettings | None = None, std: float = 0.02, seed: int = 0) -> AdapterSet:
+    """An adapter set with random weights for every bridge: for tests and speed benchmarks (compute does not
+    depend on weight values), never for quality."""
+    from ..models import get_spec
+
+    spec = get_spec(transformer)
+    lora = lora or LoraSettings(targets=spec.lora_targets)
+    targets = lora.targets or spec.lora_targets
+    block = spec.final_block(transformer)
+    shapes = {}
+    for name in targets:
+        module = block.get_submodule(name)
+        if not isinstance(module, torch.nn.Linear):
+            raise ValueError(f"LoRA target {name!r} of the final block is a {type(module).__name__}, not nn.Linear")
+        shapes[name] = (module.in_features, module.out_features)
+    gen = torch.Generator().manual_seed(seed)
+    branches = tuple(branches or spec.default_branches)
+    weights = {}
+    for step in schedule.bridged_steps:
+        for branch in branches:
+            weights[(step, branch)] = {
+                key: torch.randn(shape, generator=gen) * std
+                for name, (fan_in, fan_out) in shapes.items()
+                for key, shape in ((f"{name}.lora_A.weight", (lora.rank, fan_in)),
+                                   (f"{name}.lora_B.weight", (fan_out, lora.rank)))
+            }
+    return AdapterSet(spec.family, type(transformer).__name__, config_digest(transformer), schedule, branches,
+                      LoraSettings(lora.rank, lora.alpha, targets), weights, {"random": True})

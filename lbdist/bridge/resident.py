@@ -7,6 +7,8 @@ At full steps no adapter is active, so each peft layer computes exactly its base
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -23,7 +25,9 @@ class ResidentAdapters:
                             target_modules=list(adapters.lora.targets or targets), init_lora_weights=True)
         for (step, branch), state in sorted(adapters.weights.items()):
             name = adapter_name(step, branch)
-            inject_adapter_in_model(config, block, adapter_name=name)
+            with warnings.catch_warnings():  # peft warns that a second adapter joins the first: that is the point
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                inject_adapter_in_model(config, block, adapter_name=name)
             result = set_peft_model_state_dict(block, state, adapter_name=name)
             unexpected = [k for k in result.unexpected_keys if "lora_" in k]
             if unexpected:
