@@ -14,7 +14,7 @@ from diffusers.hooks import HookRegistry
 
 from ..models import get_spec
 from .adapter_set import AdapterSet
-from .hooks import FINAL_HOOK, SKIP_HOOK, STEP_HOOK, BridgeRuntime, FinalBlockHook, SkipBlockHook, StepHook
+from .hooks import FINAL_HOOK, STEP_HOOK, BridgeRuntime, FinalBlockHook, StepHook
 from .resident import ResidentAdapters
 from .schedule import Schedule
 
@@ -69,8 +69,6 @@ def enable_bridge(pipe, schedule: Schedule, adapters: AdapterSet | str | os.Path
     runtime = BridgeRuntime(spec, schedule, resident, steps_of=steps_of)
 
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(StepHook(runtime), STEP_HOOK)
-    for block in blocks[:-1]:
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(SkipBlockHook(runtime, block), SKIP_HOOK)
     HookRegistry.check_if_exists_or_initialize(final).register_hook(FinalBlockHook(runtime, final), FINAL_HOOK)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
     setattr(transformer, _ATTR, runtime)
@@ -84,7 +82,7 @@ def disable_bridge(pipe) -> None:
     if runtime is None:
         return
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    for name in (STEP_HOOK, SKIP_HOOK, FINAL_HOOK):
+    for name in (STEP_HOOK, FINAL_HOOK):
         registry.remove_hook(name, recurse=True)
     registry.invalidate_child_registries_cache()
     if runtime.adapters is not None:
