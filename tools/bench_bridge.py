@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -143,7 +144,8 @@ def bench_model(name: str, intervals, steps: int, repeats: int, device: str, ran
             })
             disable_bridge(model)
             del adapters
-    del model
+    del model, latents, make_kwargs, final
+    gc.collect()  # hook registries hold reference cycles; free the model before the next one is built
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
