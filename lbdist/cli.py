@@ -32,11 +32,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipelines import load_pipeline
 
     out = Path(args.out)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {args.steps}")
     loaded = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     allowed = (".mp4", ".gif") if loaded.is_video else (".png",)
     if out.suffix.lower() not in allowed:
         raise ValueError(f"--out {args.out!r}: a {loaded.family} model writes {' or '.join(allowed)} files")
-    steps = args.steps or loaded.call_defaults.get("num_inference_steps", 50)
+    steps = args.steps if args.steps is not None else loaded.call_defaults.get("num_inference_steps", 50)
     schedule = _schedule(args.schedule, steps)
     if args.adapters and schedule is None:
         raise ValueError("--adapters needs --schedule (the schedule the adapter set was calibrated for)")

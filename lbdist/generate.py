@@ -59,7 +59,7 @@ def call_arguments(loaded: LoadedPipeline, steps: int | None, overrides: dict | 
     kwargs.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if not loaded.is_video:
         kwargs.pop("num_frames", None)
-    kwargs["num_inference_steps"] = int(steps or loaded.call_defaults.get("num_inference_steps", 50))
+    kwargs["num_inference_steps"] = int(steps if steps is not None else loaded.call_defaults.get("num_inference_steps", 50))
     if kwargs["num_inference_steps"] < 1:
         raise ValueError(f"steps must be >= 1, got {kwargs['num_inference_steps']}")
     return kwargs
