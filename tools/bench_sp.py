@@ -154,8 +154,9 @@ def measure(worker, name: str, mode: str, opts: dict) -> dict:
     out = {"rank": worker.rank, "mode": mode, "degree": worker.sp_degree}
     with torch.no_grad():
         out["full_s"] = _timed(lambda: model(**make_kwargs(latents, 0.5)), device, opts["repeats"], opts["warmup"])
+        sample = model(**make_kwargs(latents, 0.5))[0]  # collective: every rank calls it
         if worker.rank == 0:
-            out["sample"] = model(**make_kwargs(latents, 0.5))[0].float().cpu()
+            out["sample"] = sample.float().cpu()
         out["bridged_s"] = _bridged_times(model, make_kwargs, latents, opts["repeats"], opts["lora_rank"], device)
         if opts.get("loop"):
             out["loop"] = _loop(model, name, make_kwargs, latents, opts["steps"], opts["interval"],
@@ -167,6 +168,19 @@ def measure(worker, name: str, mode: str, opts: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def comm_probe(worker, megabytes: int, repeats: int = 5) -> dict:
+    """All-to-all bandwidth of this group (the collective Ulysses runs four times per attention layer)."""
+    import torch.distributed as dist
+
+    n = dist.get_world_size()
+    numel = megabytes * 2**20 // 2 // n * n
+    x = torch.randn(numel, device=worker.device).to(torch.bfloat16 if worker.device.type == "cuda" else torch.float32)
+    y = torch.empty_like(x)
+    times = _timed(lambda: dist.all_to_all_single(y, x), worker.device, repeats, 2)
+    seconds = statistics.median(times)
+    return {"megabytes": megabytes, "seconds": seconds, "algbw_gb_s": x.numel() * x.element_size() / seconds / 1e9}
 
 
 # --- driver ----------------------------------------------------------------------------------------------------
@@ -256,8 +270,12 @@ def write(report: dict, path: Path) -> None:
 
 
 def table(report: dict) -> str:
-    lines = [f"{report.get('card', '?')} | commit {report['commit'][:10]} | {report['date']}",
-             f"{'model':14} {'run':>12} {'full s':>8} {'SP x':>6} {'bridged s':>9} {'rel L2':>8}"]
+    lines = [f"{report.get('card', '?')} | commit {report['commit'][:10]} | {report['date']}"]
+    for degree, w in report.get("workers", {}).items():
+        if "all_to_all" in w:
+            lines.append(f"all-to-all over {degree} ranks ({w['backend']}): {w['all_to_all']['algbw_gb_s']:.1f} GB/s "
+                         f"for {w['all_to_all']['megabytes']} MB")
+    lines.append(f"{'model':14} {'run':>12} {'full s':>8} {'SP x':>6} {'bridged s':>9} {'rel L2':>8}")
     for name, m in report["models"].items():
         d = m.get("derived", {})
         for key, run in m["runs"].items():
@@ -281,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lora-rank", type=int, default=32)
     ap.add_argument("--no-sp1-wrapper", dest="sp1_wrapper", action="store_false",
                     help="skip timing xfuser's wrapper at degree 1")
+    ap.add_argument("--call-timeout", type=float, default=420.0,
+                    help="seconds one model's measurement may take on a group before it is declared stuck")
     ap.add_argument("--out", default=None, help="JSON path (default $OUT/bench_sp.json, else tools/results/)")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: tiny configs, 2 gloo ranks, fp32")
     args = ap.parse_args(argv)
@@ -306,22 +326,29 @@ def main(argv=None) -> int:
     env = {"PYTHONPATH": path_env, "XDIT_LOGGING_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1"}
     opts = {"repeats": args.repeats, "warmup": args.warmup, "lora_rank": args.lora_rank, "steps": args.steps,
             "interval": args.interval}
-    for degree in args.degrees:
-        t = time.perf_counter()
-        group = WorkerGroup(WorkerGroupConfig(num_workers=degree, gpus_per_worker=gpus, env_vars=env)).start()
-        try:
-            info = group.info[0]
-            report.setdefault("card", info.get("gpu") or report["host_cpu"])
-            report.setdefault("workers", {})[str(degree)] = {"backend": info["backend"], "gpus": [i.get("gpu") for i in group.info],
-                                                             "group_start_s": time.perf_counter() - t}
-            run_degree(group, degree, args.models, opts, report, args)
-        finally:
-            group.shutdown()
-        for name in args.models:
-            derive(report["models"][name], args.degrees, args.steps, args.interval)
-        write(report, out)
-    if started_ray:
-        ray.shutdown()
+    try:
+        for degree in args.degrees:
+            t = time.perf_counter()
+            config = WorkerGroupConfig(num_workers=degree, gpus_per_worker=gpus, env_vars=env,
+                                       call_timeout_s=args.call_timeout)
+            group = WorkerGroup(config).start()
+            try:
+                info = group.info[0]
+                report.setdefault("card", info.get("gpu") or report["host_cpu"])
+                report.setdefault("workers", {})[str(degree)] = {
+                    "backend": info["backend"], "gpus": [i.get("gpu") for i in group.info],
+                    "group_start_s": time.perf_counter() - t}
+                if degree > 1:
+                    report["workers"][str(degree)]["all_to_all"] = group.run(comm_probe, 4 if args.quick else 256)[0]
+                run_degree(group, degree, args.models, opts, report, args)
+            finally:
+                group.shutdown()
+            for name in args.models:
+                derive(report["models"][name], args.degrees, args.steps, args.interval)
+            write(report, out)
+    finally:
+        if started_ray:
+            ray.shutdown()
     print(f"[bench_sp] wrote {out}", file=sys.stderr)
     print(table(report))
     return 0

@@ -1,0 +1,200 @@
+"""Frozen configs of the worker group: its shape, how each rank builds its pipeline, what one request asks for.
+
+Everything here is plain data (picklable, no Ray, no xfuser) and is validated on construction, before any
+actor starts: an invalid value raises `ValueError` naming the value and what would be valid.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from ..bridge.schedule import Schedule
+
+BACKENDS = ("auto", "nccl", "gloo")
+STRATEGIES = ("STRICT_PACK", "PACK")
+# Forwarded from the driver's environment into every worker (NVLink multicast switches must reach every process).
+FORWARD_ENV_PREFIXES = ("NCCL_", "TORCH_SYMM_MEM_", "NVSHMEM_")
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker of the group died (killed, OOM, node lost); the group must be rebuilt with `restart()`."""
+
+    def __init__(self, rank: int, cause: str):
+        self.rank = rank
+        super().__init__(
+            f"rank {rank} of the worker group died ({cause}). Its peers were stopped too, since a "
+            "sequence-parallel group cannot continue without every rank; call group.restart() to rebuild "
+            "the group (new actors, new process group, the pipeline loaded again)")
+
+
+class GroupBrokenError(RuntimeError):
+    """The group lost a worker or a collective failed; only `restart()` or `shutdown()` are allowed."""
+
+
+def _is_int(value) -> bool:
+    return type(value) is int
+
+
+@dataclass(frozen=True)
+class WorkerGroupConfig:
+    """Shape and resources of one sequence-parallel worker group (one Ray actor per GPU).
+
+    Attributes:
+        num_workers: ranks in the group (GPUs). Every rank holds the whole pipeline; each computes 1/num_workers
+            of the tokens.
+        ulysses_degree: Ulysses (all-to-all over heads) degree; default `num_workers // ring_degree`. Ulysses is
+            the faster of the two inside one node but needs the head count divisible by it.
+        ring_degree: ring-attention degree (default 1). `ulysses_degree * ring_degree` must equal `num_workers`.
+        backend: "nccl" (GPUs), "gloo" (CPU) or "auto": nccl when the workers get GPUs, gloo otherwise.
+        gpus_per_worker: GPUs reserved per actor: None = 1 if the Ray cluster has GPUs, else 0 (CPU workers).
+        cpus_per_worker: CPUs reserved per actor (also its torch thread count on CPU).
+        placement_strategy: "STRICT_PACK" (all ranks on one node: NVLink, default) or "PACK". Ignored when the
+            group is created inside an existing placement group (a Serve replica's), which is used as is.
+        env_vars: extra environment variables for every worker. Variables of the driver that start with
+            `FORWARD_ENV_PREFIXES` (NCCL_, TORCH_SYMM_MEM_, NVSHMEM_) are forwarded as well.
+        start_timeout_s: how long to wait for the actors to be scheduled and the process group to form.
+        call_timeout_s: how long one call (load, generate, run) may take on every rank; past it the group is
+            declared stuck (a deadlocked collective) and stopped. None waits forever.
+        verify_weights: compare a checksum of every rank's transformer after loading; ranks holding different
+            weights (an unseeded factory) would silently produce garbage.
+    """
+
+    num_workers: int
+    ulysses_degree: int | None = None
+    ring_degree: int = 1
+    backend: str = "auto"
+    gpus_per_worker: int | None = None
+    cpus_per_worker: float = 1.0
+    placement_strategy: str = "STRICT_PACK"
+    env_vars: Mapping[str, str] = field(default_factory=dict)
+    start_timeout_s: float = 600.0
+    call_timeout_s: float | None = None
+    verify_weights: bool = True
+
+    def __post_init__(self):
+        if not _is_int(self.num_workers) or self.num_workers < 1:
+            raise ValueError(f"num_workers must be an integer >= 1, got {self.num_workers!r}")
+        if not _is_int(self.ring_degree) or self.ring_degree < 1:
+            raise ValueError(f"ring_degree must be an integer >= 1, got {self.ring_degree!r}")
+        ulysses = self.ulysses_degree
+        if ulysses is None:
+            if self.num_workers % self.ring_degree:
+                raise ValueError(f"num_workers({self.num_workers}) is not divisible by ring({self.ring_degree}); "
+                                 "pick ring_degree among the divisors of num_workers")
+            ulysses = self.num_workers // self.ring_degree
+            object.__setattr__(self, "ulysses_degree", ulysses)
+        if not _is_int(ulysses) or ulysses < 1:
+            raise ValueError(f"ulysses_degree must be an integer >= 1, got {ulysses!r}")
+        if ulysses * self.ring_degree != self.num_workers:
+            raise ValueError(f"ulysses({ulysses}) * ring({self.ring_degree}) = {ulysses * self.ring_degree} "
+                             f"!= world_size({self.num_workers}): the sequence-parallel degrees must multiply to "
+                             "the number of workers")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.gpus_per_worker is not None and (not _is_int(self.gpus_per_worker) or self.gpus_per_worker not in (0, 1)):
+            raise ValueError(f"gpus_per_worker must be 0, 1 or None (auto), got {self.gpus_per_worker!r}: "
+                             "one rank drives one GPU")
+        if self.gpus_per_worker == 0 and self.backend == "nccl":
+            raise ValueError("backend 'nccl' needs GPUs but gpus_per_worker=0; use backend='gloo' for CPU workers")
+        if not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
+        if self.placement_strategy not in STRATEGIES:
+            raise ValueError(f"placement_strategy must be one of {STRATEGIES}, got {self.placement_strategy!r}")
+        if not self.start_timeout_s > 0:
+            raise ValueError(f"start_timeout_s must be > 0, got {self.start_timeout_s!r}")
+        if self.call_timeout_s is not None and not self.call_timeout_s > 0:
+            raise ValueError(f"call_timeout_s must be > 0 or None, got {self.call_timeout_s!r}")
+        object.__setattr__(self, "env_vars", dict(self.env_vars))
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment of every worker: forwarded driver variables, then `env_vars`."""
+        env = {k: v for k, v in os.environ.items() if k.startswith(FORWARD_ENV_PREFIXES)}
+        env.update({str(k): str(v) for k, v in self.env_vars.items()})
+        return env
+
+
+@dataclass(frozen=True)
+class PipelineFactory:
+    """How each rank builds its own pipeline, so weights never travel through Ray's object store.
+
+    `target` is a picklable callable or a `"module:function"` string; `build()` calls it with `kwargs` and it
+    must return a diffusers pipeline (WanPipeline, HunyuanVideoPipeline, FluxPipeline). It runs once on every
+    rank and must be deterministic: ranks must hold identical weights (load from a path, or seed random init).
+
+        PipelineFactory("diffusers:WanPipeline.from_pretrained", {"pretrained_model_name_or_path": path,
+                                                                  "torch_dtype": torch.bfloat16})
+        PipelineFactory("lbdist.toy.build:build_pipeline", {"family": "wan", "size": "tiny", "seed": 0})
+    """
+
+    target: str | Callable[..., Any]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.target, str):
+            module, sep, attr = self.target.partition(":")
+            if not sep or not module or not attr:
+                raise ValueError(f"factory target {self.target!r} must look like 'package.module:function' "
+                                 "(or 'module:Class.method')")
+        elif not callable(self.target):
+            raise ValueError(f"factory target must be a callable or a 'module:function' string, got "
+                             f"{type(self.target).__name__}")
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+
+    def resolve(self) -> Callable[..., Any]:
+        if callable(self.target):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def build(self):
+        return self.resolve()(**self.kwargs)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation, run collectively by every rank of a group.
+
+    Attributes:
+        prompt: the text prompt.
+        seed: seed of the initial noise (a CPU generator on every rank, so every rank starts from the same noise).
+        call_kwargs: further pipeline call arguments (height, width, num_frames, num_inference_steps,
+            guidance_scale, output_type, ...). `generator` is not allowed (use `seed`).
+        schedule: bridge schedule; None runs full compute.
+        adapters: adapter-set directory (or Hub id) for the bridge, read by every rank; None = uncalibrated.
+    """
+
+    prompt: str
+    seed: int = 0
+    call_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    schedule: Schedule | None = None
+    adapters: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if "generator" in self.call_kwargs or "prompt" in self.call_kwargs:
+            raise ValueError("call_kwargs must not hold 'generator' (use seed=) or 'prompt' (use prompt=)")
+        if self.schedule is not None and not isinstance(self.schedule, Schedule):
+            raise ValueError(f"schedule must be an lbdist Schedule or None, got {type(self.schedule).__name__}")
+        if self.adapters is not None and self.schedule is None:
+            raise ValueError("adapters were given without a schedule: pass the schedule they were calibrated for")
+        object.__setattr__(self, "call_kwargs", dict(self.call_kwargs))
+        if self.adapters is not None:
+            object.__setattr__(self, "adapters", os.fspath(self.adapters))
+
+
+@dataclass
+class GenerationResult:
+    """What rank 0 returns: the pipeline's output (CPU tensor, numpy array or PIL images), bridge counters,
+    and the seconds the pipeline call took on rank 0."""
+
+    output: Any
+    bridge_stats: dict
+    seconds: float
