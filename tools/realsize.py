@@ -133,3 +133,57 @@ SHAPES = {"wan-14b": Shape(480, 832, 81, 512), "wan-1.3b": Shape(480, 832, 81, 5
           "hunyuan-video": Shape(480, 832, 65, 256), "flux-dev": Shape(1024, 1024, 1, 512),
           "tiny-wan": Shape(32, 32, 5, 8), "tiny-hunyuan-video": Shape(32, 32, 5, 8), "tiny-flux": Shape(32, 32, 1, 8)}
 QUICK = ["tiny-wan", "tiny-hunyuan-video", "tiny-flux"]
+
+
+def bench_pipeline(name: str, device="cuda", dtype=torch.bfloat16):
+    """A real diffusers pipeline around the real-size transformer, with small random text encoders (of the
+    transformer's text width) and a small VAE: it runs `pipe(prompt=...)` end to end, so pipeline-level
+    code (the calibration recorder, the bridge hooks, guidance) is exercised at real sequence lengths."""
+    from diffusers import AutoencoderKLHunyuanVideo, AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
+    from diffusers import HunyuanVideoPipeline, WanPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, T5Config, T5EncoderModel
+
+    from lbdist.toy.tokenizer import word_tokenizer
+
+    family, config = CONFIGS[name]
+    words = "a red circle moves left blue square up green triangle right yellow down".split()
+    tok = word_tokenizer(words, model_max_length=512)
+    transformer = build(name, device=device, dtype=dtype)
+    torch.manual_seed(0)
+    if family == "wan":
+        text = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=config["text_dim"], d_kv=64, d_ff=256,
+                                       num_layers=1, num_heads=8, relative_attention_num_buckets=8))
+        vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+        pipe = WanPipeline(tokenizer=tok, text_encoder=text, transformer=transformer, vae=vae,
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+    elif family == "hunyuan_video":
+        llama = LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=config["text_embed_dim"], intermediate_size=256,
+                                       num_attention_heads=8, num_key_value_heads=8, num_hidden_layers=3))
+        clip_tok = word_tokenizer(words, model_max_length=77)
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(clip_tok), hidden_size=config["pooled_projection_dim"],
+                                            intermediate_size=256, num_attention_heads=8, num_hidden_layers=1,
+                                            projection_dim=config["pooled_projection_dim"], eos_token_id=1))
+        vae = AutoencoderKLHunyuanVideo(latent_channels=16, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                        norm_num_groups=4, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                        up_block_types=("HunyuanVideoUpBlock3D",) * 4)
+        pipe = HunyuanVideoPipeline(text_encoder=llama, tokenizer=tok, transformer=transformer, vae=vae,
+                                    scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip,
+                                    tokenizer_2=clip_tok)
+    else:
+        raise ValueError(f"bench_pipeline supports the video families, not {family!r}")
+    for module in (pipe.text_encoder, pipe.vae, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.to(device=device, dtype=dtype).eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# Pipeline call arguments of each real-size shape (for bench_pipeline pipelines).
+def call_kwargs(name: str, shape: Shape) -> dict:
+    family = CONFIGS[name][0]
+    kw = dict(height=shape.height, width=shape.width, num_frames=shape.frames, max_sequence_length=shape.text_tokens)
+    if family == "wan":
+        kw.update(guidance_scale=5.0)
+    elif family == "hunyuan_video":
+        kw.update(guidance_scale=6.0, prompt_template={"template": "{}", "crop_start": 0})
+    return kw

@@ -105,9 +105,7 @@ class AdapterSet:
     def check_fits(self, transformer: torch.nn.Module, family: str, schedule: Schedule) -> None:
         """Raise ValueError saying what differs if this set was made for another model or schedule."""
         problems = []
-        if family != self.family or type(transformer).__name__ != self.transformer_class and not any(
-            c.__name__ == self.transformer_class for c in type(transformer).__mro__
-        ):
+        if family != self.family or not any(c.__name__ == self.transformer_class for c in type(transformer).__mro__):
             problems.append(f"model: set is for {self.transformer_class} ({self.family}), "
                             f"pipeline has {type(transformer).__name__} ({family})")
         digest = config_digest(transformer)
@@ -124,11 +122,16 @@ class AdapterSet:
                              "or enable the bridge with the set's own schedule.")
 
     # --- disk -------------------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write the set; each file is written to a temporary name and renamed, so a crash leaves no torn file."""
+    def save(self, directory: str | os.PathLike, only: list[tuple[int, str]] | None = None) -> Path:
+        """Write the set; each file is written to a temporary name and renamed, so a crash leaves no torn file.
+
+        `only` writes just those bridges' files (the others are already on disk), then the manifest.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for (step, branch), state in sorted(self.weights.items()):
+            if only is not None and (step, branch) not in only:
+                continue
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
             atomic_write(directory / _file_name(step, branch), lambda p, t=tensors: save_file(t, str(p)))
         text = json.dumps(self.manifest(), indent=2, sort_keys=False)
@@ -209,5 +212,5 @@ def random_adapter_set(transformer: torch.nn.Module, schedule: Schedule, branche
                 for key, shape in ((f"{name}.lora_A.weight", (lora.rank, fan_in)),
                                    (f"{name}.lora_B.weight", (fan_out, lora.rank)))
             }
-    return AdapterSet(spec.family, type(transformer).__name__, config_digest(transformer), schedule, branches,
+    return AdapterSet(spec.family, spec.transformer_class.__name__, config_digest(transformer), schedule, branches,
                       LoraSettings(lora.rank, lora.alpha, targets), weights, {"random": True})

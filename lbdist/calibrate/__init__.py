@@ -1,0 +1,30 @@
+"""Calibration: record bridge pairs with full-compute sampling, then train one LoRA per bridge.
+
+    from lbdist.calibrate import RecordConfig, TrainConfig, calibrate
+    adapters = calibrate(pipe, Schedule.periodic(50, 5), RecordConfig(prompts=(...)), out_dir="adapters/wan-n5")
+    enable_bridge(pipe, Schedule.periodic(50, 5), adapters=adapters)
+
+`record_pairs` and `train_adapters` are the two halves (a recording can be reused for other trainings);
+`train_bridge` trains one bridge and is what a distributed job fans out.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import FAMILY_DEFAULTS, RecordConfig, TrainConfig
+from .recorder import record_pairs
+from .trainer import load_pairs, train_adapters, train_bridge
+
+
+def calibrate(pipe, schedule, record: RecordConfig, out_dir: str | os.PathLike, train: TrainConfig = TrainConfig(),
+              pairs_dir: str | os.PathLike | None = None, progress: bool = True):
+    """Record pairs (into `pairs_dir`, default `<out_dir>-pairs`) and train the adapter set into `out_dir`."""
+    out_dir = Path(out_dir)
+    pairs_dir = Path(pairs_dir) if pairs_dir is not None else out_dir.with_name(out_dir.name + "-pairs")
+    record_pairs(pipe, schedule, record, pairs_dir, progress=progress)
+    return train_adapters(pipe.transformer, pairs_dir, out_dir, train, progress=progress)
+
+
+__all__ = ["FAMILY_DEFAULTS", "RecordConfig", "TrainConfig", "calibrate", "load_pairs", "record_pairs",
+           "train_adapters", "train_bridge"]

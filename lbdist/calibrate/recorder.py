@@ -1,0 +1,121 @@
+"""The pre-calibration pass: full-compute sampling that records one training pair per bridge.
+
+For every calibration prompt the pipeline samples with full compute. A forward hook on the final block
+sees each call with its step and guidance branch (read through the bridge runtime, enabled with every
+step full, which is bit-identical to the plain pipeline). At an anchor step `a` of the calibration
+schedule it stores the block's stream input `x_a^L`; at a bridged step `b` it stores the step's
+conditioning (every other block argument) and the block's hidden-state output `F^L(x_b^L)`, and writes
+the pair (stream of a, conditioning of b, target of b) to the index. Tensors go to disk as they are
+produced, so memory stays bounded by one step's tensors; the index is appended once per finished prompt,
+and a rerun skips prompts already recorded.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..bridge import Schedule, config_digest, disable_bridge, enable_bridge
+from ..models import BlockArgs, get_spec
+from .config import RecordConfig
+from .store import TensorStore, append_index, read_index, read_manifest, write_manifest
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else repr(value)
+
+
+def pairs_manifest(pipe, schedule: Schedule, config: RecordConfig) -> dict:
+    transformer = pipe.transformer
+    spec = get_spec(transformer)
+    return {
+        "lbdist_version": __version__,
+        "family": spec.family,
+        "transformer_class": spec.transformer_class.__name__,  # the diffusers class, also under xfuser wrappers
+        "config_digest": config_digest(transformer),
+        "schedule": schedule.to_dict(),
+        "prompts": list(config.prompts),
+        "seeds": list(config.seeds),
+        "call_kwargs": _json_safe(config.call_kwargs),
+        "stream": list(spec.stream_names),
+        "target": "hidden_states output of the final block",
+        "completed_prompts": [],
+    }
+
+
+def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | os.PathLike,
+                 progress: bool = True) -> dict:
+    """Record every bridge's pairs for `config.prompts` into `out_dir`; returns the manifest.
+
+    Resumes: prompts listed as completed in an existing manifest of the same model, schedule and prompts
+    are skipped. A manifest for another model, schedule or prompt list is refused.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = pairs_manifest(pipe, schedule, config)
+    existing = read_manifest(out_dir)
+    if existing is not None:
+        keys = ("transformer_class", "config_digest", "schedule", "prompts", "seeds", "call_kwargs")
+        diff = [k for k in keys if existing.get(k) != manifest[k]]
+        if diff:
+            raise ValueError(f"{out_dir} holds pairs recorded with a different {', '.join(diff)}; "
+                             "record into a new directory")
+        manifest["completed_prompts"] = existing["completed_prompts"]
+    write_manifest(out_dir, manifest)
+
+    transformer = pipe.transformer
+    spec = get_spec(transformer)
+    final = spec.final_block(transformer)
+    args = BlockArgs(final)
+    store = TensorStore(out_dir)
+    anchors = set(schedule.full_steps)
+    runtime = enable_bridge(pipe, Schedule.full(schedule.num_steps))
+    state = {"anchor": {}, "entries": [], "prompt": None}
+
+    def on_final_block(module, a, kw, output):
+        cur = runtime.current
+        step, branch = cur.plan.step, cur.branch
+        if step in anchors:
+            state["anchor"][branch] = (step, {n: store.put(args.get(n, a, kw)) for n in spec.stream_names})
+            return
+        anchor_step, stream = state["anchor"][branch]
+        if schedule.plan(step).anchor != anchor_step:  # anchors are always called before their bridges
+            raise RuntimeError(f"step {step} ({branch}) expected anchor {schedule.plan(step).anchor}, "
+                               f"recorded anchor is {anchor_step}")
+        bound = args.bind(a, kw)
+        cond = {k: v for k, v in bound.items() if k not in spec.stream_names}
+        state["entries"].append({
+            "prompt": state["prompt"], "step": step, "branch": branch, "anchor": anchor_step,
+            "stream": stream, "cond": store.put_tree(cond),
+            "target": store.put(spec.unpack_output(output)["hidden_states"]),
+        })
+
+    handle = final.register_forward_hook(on_final_block, with_kwargs=True)
+    bar = tqdm(total=len(config.prompts), desc="recording pairs", disable=not progress)
+    try:
+        for index, (prompt, seed) in enumerate(zip(config.prompts, config.seeds)):
+            if index in manifest["completed_prompts"]:
+                bar.update()
+                continue
+            state.update(anchor={}, entries=[], prompt=index)
+            with torch.no_grad():
+                pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed),
+                     num_inference_steps=schedule.num_steps, output_type="latent", **config.call_kwargs)
+            append_index(out_dir, state["entries"])
+            manifest["completed_prompts"] = sorted({*manifest["completed_prompts"], index})
+            manifest["branches"] = sorted({e["branch"] for e in read_index(out_dir)})
+            write_manifest(out_dir, manifest)
+            bar.update()
+            bar.set_postfix(pairs=len(state["entries"]), tensors_written=store.written)
+    finally:
+        bar.close()
+        handle.remove()
+        disable_bridge(pipe)
+    return manifest

@@ -1,0 +1,180 @@
+"""Training one LoRA per bridge on the final block, from recorded pairs; resumable, seeded, deterministic.
+
+`train_bridge` is a plain function of (final block, pairs, config): the distributed calibration job calls
+it on remote workers. `train_adapters` runs it for every bridge of a recording on one device and writes
+the adapter set as it goes: each finished bridge is saved at once (its safetensors file, then the
+manifest, both atomically), and a rerun skips bridges already in the output directory.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..bridge import AdapterSet, LoraSettings, Schedule, config_digest
+from ..bridge.adapter_set import MANIFEST as ADAPTER_MANIFEST
+from ..models import BlockArgs, ModelSpec, get_spec
+from .config import TrainConfig
+from .store import TensorStore, read_index, read_manifest
+
+
+@dataclass
+class Pair:
+    """One training example of a bridge: the anchor's stream, the bridged step's conditioning, the target."""
+
+    prompt: int
+    stream: dict
+    cond: dict
+    target: torch.Tensor
+
+
+def load_pairs(pairs_dir: str | os.PathLike, step: int, branch: str, device="cpu") -> list[Pair]:
+    store = TensorStore(pairs_dir)
+    entries = [e for e in read_index(pairs_dir) if e["step"] == step and e["branch"] == branch]
+    return [Pair(e["prompt"], {k: store.get(v, device) for k, v in e["stream"].items()},
+                 store.get_tree(e["cond"], device), store.get(e["target"], device))
+            for e in sorted(entries, key=lambda e: e["prompt"])]
+
+
+def bridge_seed(base: int, step: int, branch: str) -> int:
+    return (base * 1_000_003 + step * 101 + zlib.crc32(branch.encode())) % (2**31)
+
+
+def train_bridge(block: torch.nn.Module, spec: ModelSpec, train: list[Pair], held_out: list[Pair],
+                 config: TrainConfig, targets: tuple[str, ...], seed: int = 0, on_eval=None) -> tuple[dict, dict]:
+    """Fit one LoRA on a copy of `block` so that block(anchor stream, step conditioning) ~ target.
+
+    Returns (peft state dict of the best adapter, info with losses, epochs and seconds). Early stopping
+    watches the held-out pairs' loss (the training loss if there are none). `config` must be resolved
+    (lr and max_epochs set).
+    """
+    if not train:
+        raise ValueError("train_bridge needs at least one training pair")
+    if config.lr is None or config.max_epochs is None:
+        raise ValueError("resolve the TrainConfig first: config.resolved(family)")
+    device = next(block.parameters()).device
+    torch.manual_seed(seed)
+    work = copy.deepcopy(block).requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(targets)),
+                            work, adapter_name="calibrating")
+    params = [p for n, p in work.named_parameters() if "lora_" in n]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    args = BlockArgs(work)
+    use_autocast = config.autocast and device.type == "cuda"
+
+    def loss_of(pair: Pair) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            out = args.call(work, {**pair.cond, **pair.stream})
+        pred = spec.unpack_output(out)["hidden_states"]
+        return F.mse_loss(pred.float(), pair.target.float())
+
+    def evaluate(pairs: list[Pair]) -> float:
+        with torch.no_grad():
+            return sum(loss_of(p).item() for p in pairs) / len(pairs)
+
+    watched = held_out or train
+    start = time.perf_counter()
+    first = evaluate(watched)  # LoRA B starts at zero: this is the uncalibrated bridge's loss
+    best = (first, [p.detach().clone() for p in params], 0)
+    stale, epoch, train_loss = 0, 0, float("nan")
+    for epoch in range(1, config.max_epochs + 1):
+        optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for pair in train:
+            loss = loss_of(pair) / len(train)
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        train_loss = total
+        if epoch % config.eval_every == 0 or epoch == config.max_epochs:
+            value = evaluate(held_out) if held_out else train_loss
+            if on_eval is not None:
+                on_eval(epoch, train_loss, value)
+            if value < best[0] * (1 - config.min_delta):
+                best, stale = (value, [p.detach().clone() for p in params], epoch), 0
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+                break
+    with torch.no_grad():
+        for p, saved in zip(params, best[1]):
+            p.copy_(saved)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous()
+             for k, v in get_peft_model_state_dict(work, adapter_name="calibrating").items()}
+    info = {"loss_uncalibrated": first, "loss_best": best[0], "best_epoch": best[2], "epochs_run": epoch,
+            "stopped_early": epoch < config.max_epochs, "train_loss_last": train_loss,
+            "watched": "held_out" if held_out else "train", "train_pairs": len(train), "held_out_pairs": len(held_out),
+            "seconds": round(time.perf_counter() - start, 3)}
+    return state, info
+
+
+def train_adapters(transformer: torch.nn.Module, pairs_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   config: TrainConfig = TrainConfig(), progress: bool = True, stop_after: int | None = None) -> AdapterSet:
+    """Train every bridge recorded in `pairs_dir` and write the adapter set to `out_dir` as it goes.
+
+    Bridges already in `out_dir` (same model, schedule and LoRA shape) are skipped. `stop_after` stops
+    after that many newly trained bridges (used to test resumption).
+    """
+    spec = get_spec(transformer)
+    manifest = read_manifest(pairs_dir)
+    if manifest is None:
+        raise ValueError(f"{pairs_dir} holds no recorded pairs (no pairs_manifest.json); run the recorder first")
+    digest = config_digest(transformer)
+    if manifest["config_digest"] != digest or manifest["family"] != spec.family:
+        raise ValueError(f"pairs in {pairs_dir} were recorded on {manifest['transformer_class']} (config digest "
+                         f"{manifest['config_digest']}), not on this {type(transformer).__name__} ({digest})")
+    config = config.resolved(spec.family)
+    schedule = Schedule.from_dict(manifest["schedule"])
+    entries = read_index(pairs_dir)
+    branches = tuple(sorted({e["branch"] for e in entries}))
+    bridges = sorted({(e["step"], e["branch"]) for e in entries})
+    prompts = sorted({e["prompt"] for e in entries})
+    held = set(prompts[len(prompts) - config.holdout_prompts:]) if 0 < config.holdout_prompts < len(prompts) else set()
+    lora = LoraSettings(config.rank, config.alpha, spec.lora_targets)
+    out_dir = Path(out_dir)
+    adapters = AdapterSet(spec.family, spec.transformer_class.__name__, digest, schedule, branches, lora,
+                          extra={"lbdist_version": __version__, "training": {}, "train_config": asdict(config),
+                                 "calibration_prompts": manifest["prompts"], "held_out_prompts": sorted(held)})
+    if (out_dir / ADAPTER_MANIFEST).is_file():
+        done = AdapterSet.load(out_dir)
+        if (done.config_digest, done.schedule, done.lora) != (digest, schedule, lora):
+            raise ValueError(f"{out_dir} holds an adapter set for another model, schedule or LoRA shape; "
+                             "train into a new directory")
+        adapters.weights.update(done.weights)
+        adapters.extra["training"].update(done.extra.get("training", {}))
+    final = spec.final_block(transformer)
+    device = next(final.parameters()).device
+    todo = [b for b in bridges if b not in adapters.weights]
+    bar = tqdm(todo, desc="training bridges", disable=not progress)
+    for count, (step, branch) in enumerate(bar):
+        if stop_after is not None and count >= stop_after:
+            break
+        pairs = load_pairs(pairs_dir, step, branch, device)
+        train = [p for p in pairs if p.prompt not in held]
+        held_out = [p for p in pairs if p.prompt in held]
+
+        def show(epoch, train_loss, watched, step=step, branch=branch):
+            bar.set_postfix_str(f"step {step} {branch} epoch {epoch} train {train_loss:.3e} held-out {watched:.3e}")
+
+        state, info = train_bridge(final, spec, train, held_out, config, spec.lora_targets,
+                                   seed=bridge_seed(config.seed, step, branch), on_eval=show)
+        adapters.weights[(step, branch)] = state
+        adapters.extra["training"][f"{step}_{branch}"] = info
+        adapters.save(out_dir, only=[(step, branch)])
+    bar.close()
+    return adapters
