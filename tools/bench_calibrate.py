@@ -95,6 +95,8 @@ def bench_model(name: str, args, device, dtype, workdir: Path) -> dict:
     train, held = pairs[:1], pairs[-1:]
     base = TrainConfig(rank=args.rank, alpha=2.0 * args.rank).resolved(spec.family)
     timing = TrainConfig(**{**base.__dict__, "max_epochs": args.timing_epochs, "eval_every": 10**6})
+    warm = TrainConfig(**{**timing.__dict__, "max_epochs": 3})
+    train_bridge(final, spec, train, [], warm, spec.lora_targets)  # CUDA warm-up: kernel choice, allocation
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _, info = train_bridge(final, spec, train, [], timing, spec.lora_targets)
