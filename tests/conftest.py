@@ -7,6 +7,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The fixtures' models are tiny: one intra-op thread is fastest, and several pytest processes or Ray workers
+# on two cores do not oversubscribe them.
+torch.set_num_threads(1)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 FAMILIES = ("wan", "hunyuan_video", "flux")

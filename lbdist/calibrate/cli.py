@@ -61,7 +61,8 @@ def register(sub, add_model_args) -> None:
     c.add_argument("--alpha", type=float, default=64.0)
     c.add_argument("--lr", type=float, default=None, help="default: the family's reference rate")
     c.add_argument("--epochs", type=int, default=None, help="epoch cap (default: the family's reference)")
-    c.add_argument("--holdout", type=int, default=1, help="prompts held out for early stopping (0: none)")
+    c.add_argument("--holdout", type=int, default=0,
+                   help="prompts held out for early stopping, then refit on all (default 0: watch the training loss)")
     c.add_argument("--patience", type=int, default=4)
     c.add_argument("--eval-every", type=int, default=25)
     c.add_argument("--seed", type=int, default=0)

@@ -43,7 +43,8 @@ def pairs_manifest(pipe, schedule: Schedule, config: RecordConfig) -> dict:
         "schedule": schedule.to_dict(),
         "prompts": list(config.prompts),
         "seeds": list(config.seeds),
-        "call_kwargs": _json_safe(config.call_kwargs),
+        # callbacks (progress, interruption) do not change what is recorded
+        "call_kwargs": _json_safe({k: v for k, v in config.call_kwargs.items() if not callable(v)}),
         "stream": list(spec.stream_names),
         "target": "hidden_states output of the final block",
         "completed_prompts": [],

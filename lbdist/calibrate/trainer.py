@@ -11,7 +11,7 @@ import copy
 import os
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,9 +54,19 @@ def train_bridge(block: torch.nn.Module, spec: ModelSpec, train: list[Pair], hel
     """Fit one LoRA on a copy of `block` so that block(anchor stream, step conditioning) ~ target.
 
     Returns (peft state dict of the best adapter, info with losses, epochs and seconds). Early stopping
-    watches the held-out pairs' loss (the training loss if there are none). `config` must be resolved
-    (lr and max_epochs set).
+    watches the held-out pairs' loss (the training loss if there are none); with `config.refit` the
+    adapter is then retrained on all pairs for the best epoch count. `config` must be resolved.
     """
+    state, info = _fit(block, spec, train, held_out, config, targets, seed, on_eval)
+    if config.refit and held_out and info["best_epoch"] > 0:
+        refit = replace(config, max_epochs=info["best_epoch"], eval_every=info["best_epoch"], max_seconds=None)
+        state, again = _fit(block, spec, train + held_out, [], refit, targets, seed, None, keep_last=True)
+        info.update(refit_epochs=again["epochs_run"], refit_train_loss=again["train_loss_last"],
+                    seconds=round(info["seconds"] + again["seconds"], 3))
+    return state, info
+
+
+def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last: bool = False):
     if not train:
         raise ValueError("train_bridge needs at least one training pair")
     if config.lr is None or config.max_epochs is None:
@@ -103,7 +113,7 @@ def train_bridge(block: torch.nn.Module, spec: ModelSpec, train: list[Pair], hel
             value = evaluate(held_out) if held_out else train_loss
             if on_eval is not None:
                 on_eval(epoch, train_loss, value)
-            if value < best[0] * (1 - config.min_delta):
+            if keep_last or value < best[0] * (1 - config.min_delta):
                 best, stale = (value, [p.detach().clone() for p in params], epoch), 0
             else:
                 stale += 1
