@@ -72,8 +72,8 @@ def load_pipeline(source: str, device: str | None = "auto", dtype: str | torch.d
     elif source.startswith("toy:"):
         from .toy import load_toy
 
-        loaded = load_toy(source.split(":", 1)[1])
-        pipe, defaults = loaded.pipe, dict(loaded.call_defaults)
+        pipe, defaults = load_toy(source.split(":", 1)[1])
+        defaults = dict(defaults)
     else:
         from diffusers import DiffusionPipeline
 
