@@ -23,7 +23,8 @@ Models (tools/realsize.py): Wan2.1-14B 480x832x81, HunyuanVideo 480x832x65, FLUX
 TaylorSeerCache (attention + FFN) is skipped where its Taylor factors would not fit in GPU memory (measured
 from one step's module outputs). Each model has a time budget (`BUDGET_S`, about 9 minutes for the three on
 an H100); a loop whose estimated cost would exceed what is left is skipped and reported as such. JSON is
-written after each model; a table is printed last. `--quick`: tiny configs on the CPU (CI smoke test).
+written after each model; a table is printed last (about 8.5 minutes on one H100 for the three models, by
+the budgets). `--quick`: tiny configs on the CPU (CI smoke test).
 """
 from __future__ import annotations
 
@@ -318,14 +319,15 @@ def bench_model(name: str, steps: int, repeats: int, device: str, rank: int, dty
 
     with torch.no_grad():
         one = lambda: model(**make_kwargs(latents, 0.5))  # noqa: E731
-        factor_bytes = taylor_factor_bytes(model, family, one)  # doubles as the first warm-up forward
-        with CostMeter(model, flops=quick) as meter:
-            one()
+        with CostMeter(model, flops=quick) as meter:  # one counted full step, also the first warm-up forward
+            factor_bytes = taylor_factor_bytes(model, family, one)
         per_step = dict(meter.counts)
         t_full, full_all = median_ms(one, repeats, warmup=1)
         with final_block_only(model):
             t_final, _ = median_ms(one, repeats, warmup=1)
-    free = (torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None)
+    free = None
+    if torch.cuda.is_available():  # free on the card plus what the caching allocator holds unused
+        free = torch.cuda.mem_get_info()[0] + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
     result = {"model": name, "family": family, "shape": shape.label(), "steps": steps, "t_full_ms": round(t_full, 2),
               "t_full_all_ms": [round(t, 2) for t in full_all], "t_final_ms": round(t_final, 3),
               "full_loop_s_from_median": round(steps * t_full / 1e3, 3), "taylorseer_factor_gb": round(factor_bytes / 2**30, 2),

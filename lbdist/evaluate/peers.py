@@ -331,11 +331,11 @@ def _no_op(pipe, *args) -> dict:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("learnibridge", "LearniBridge", "interval", (3, 4, 6, 8, 12, 17, 25), (2, 4),
+    Method("learnibridge", "LearniBridge", "interval", (3, 4, 6, 8, 12, 17, 25, 50), (2, 4),
            "final block on the cached input with a calibrated per-step LoRA; full step every N",
            _apply_bridge(True), _remove_bridge,
            lambda s: None if s.adapters is not None else "no calibrated adapter sets were given"),
-    Method("bridge_uncal", "bridge (uncalibrated)", "interval", (3, 4, 6, 8, 12, 17, 25), (2, 4),
+    Method("bridge_uncal", "bridge (uncalibrated)", "interval", (3, 4, 6, 8, 12, 17, 25, 50), (2, 4),
            "final block on the cached input, no adapters; full step every N", _apply_bridge(False), _remove_bridge),
     Method("taylorseer", "TaylorSeerCache", "interval", (2, 3, 4, 6, 8, 12, 16), (2, 4),
            "attention+FFN modules Taylor-predicted (order 1) between refreshes every N steps",
@@ -343,10 +343,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("taylorseer_lite", "TaylorSeerCache lite", "interval", (2, 3, 4, 6, 8, 12, 16), (2, 4),
            "blocks skipped, output projection Taylor-predicted, refresh every N steps",
            _apply_taylorseer(True), _remove_cache),
-    Method("fbcache", "FirstBlockCache", "threshold", (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2), (0.5, 1.0),
+    Method("fbcache", "FirstBlockCache", "threshold", (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.2),
+           (0.5, 1.0),
            "blocks after the first skipped while its residual changes less than the threshold",
            _apply_fbc, _remove_cache),
-    Method("magcache", "MagCache", "threshold", (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0), (0.1, 1.0),
+    Method("magcache", "MagCache", "threshold", (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0), (0.1, 1.0),
            "all blocks skipped while the accumulated magnitude-ratio error is under the threshold",
            _apply_mag, _remove_cache, _mag_applicable),
     Method("fastercache", "FasterCache", "interval", (2, 3, 4, 6, 12), (2, 4),
