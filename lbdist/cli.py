@@ -61,6 +61,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    config = DemoConfig(model=args.model, interval=args.interval, steps=args.steps,
+                        calibration_prompts=args.prompts, prompt=args.prompt, epochs=args.epochs)
+    report = run_demo(args.out, config)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"wrote {args.out}/side_by_side.mp4, side_by_side.gif, report.md, report.json "
+          f"in {report['total_seconds']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lbdist", description="LearniBridge for diffusers DiTs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int, default=8)
     g.add_argument("--out", required=True, help=".mp4/.gif for video models, .png for FLUX")
     g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="calibrate the bundled Wan toy from 3 prompts and show it beside full compute")
+    d.add_argument("--out", default="out/demo", help="directory for side_by_side.mp4/.gif and report.md/.json")
+    d.add_argument("--model", default="toy:wan", help="pipeline source (default: the bundled Wan toy)")
+    d.add_argument("--interval", type=int, default=5, help="bridge schedule N")
+    d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
+    d.add_argument("--prompts", type=int, default=3, help="calibration prompts (3-5)")
+    d.add_argument("--prompt", default=None, help="held-out prompt to show (default: the first evaluation prompt)")
+    d.add_argument("--epochs", type=int, default=150, help="epoch cap per bridge")
+    d.set_defaults(func=cmd_demo)
 
     for register in _extra_commands():
         register(sub, _add_model_args)
