@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train the three toy pipelines (wan, hunyuan_video, flux) at once, as three processes on one GPU.
+# Train the three toy pipelines (wan, hunyuan_video, flux) at once, as three processes: one GPU each when
+# the machine has three or more, else all on the first GPU.
 #
 #   bash tools/train_toys_gpu.sh MINUTES OUTDIR [WORKDIR]      e.g.   bash tools/train_toys_gpu.sh 8 "$OUT"
 #
@@ -22,9 +23,13 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 declare -A PIDS
+i=0
 for fam in "${FAMILIES[@]}"; do
-  python "$REPO/tools/train_toy.py" --family "$fam" --minutes "$MINUTES" --device cuda \
+  if [ "$NGPU" -ge 3 ]; then GPU=$i; else GPU=0; fi
+  i=$((i + 1))
+  CUDA_VISIBLE_DEVICES=$GPU python "$REPO/tools/train_toy.py" --family "$fam" --minutes "$MINUTES" --device cuda \
     --out "$WORKDIR/$fam" --ckpt "$WORKDIR/$fam.ckpt.pt" --resume > "$WORKDIR/$fam.log" 2>&1 &
   PIDS[$fam]=$!
 done
