@@ -38,6 +38,9 @@ CONFIGS = {
                                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
                                guidance_embeds=True, axes_dims_rope=(4, 4, 8))),
 }
+# Issue 6's sizes: the same transformers at 720x1280 (xDiT's HunyuanVideo reference size; SHAPES below)
+CONFIGS["wan-14b-720p"] = ("wan", dict(CONFIGS["wan-14b"][1]))
+CONFIGS["hunyuan-video-720p"] = ("hunyuan_video", dict(CONFIGS["hunyuan-video"][1]))
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,32 @@ def latent_tokens(name: str, shape: Shape) -> int:
     p = config["patch_size"]
     pt, ph, pw = p if isinstance(p, tuple) else (config.get("patch_size_t", 1), p, p)
     return (f // pt) * (h // ph) * (w // pw)
+
+
+def token_arithmetic(name: str, shape: Shape) -> str:
+    """How `latent_tokens` counts, written out: '720x1280x129 -> latent 33x90x160 / patch 1x2x2 = 33*45*80 = 118800'."""
+    family, config = CONFIGS[name]
+    h, w = shape.height // 8, shape.width // 8
+    if family == "flux":
+        return f"{shape.label()} -> latent {h}x{w} / pack 2x2 = {h // 2}*{w // 2} = {latent_tokens(name, shape)}"
+    f = (shape.frames - 1) // 4 + 1
+    p = config["patch_size"]
+    pt, ph, pw = p if isinstance(p, tuple) else (config.get("patch_size_t", 1), p, p)
+    return (f"{shape.label()} -> latent {f}x{h}x{w} (VAE 4x in time, 8x in space) / patch {pt}x{ph}x{pw} = "
+            f"{f // pt}*{h // ph}*{w // pw} = {latent_tokens(name, shape)}")
+
+
+def check_split(name: str, shape: Shape, degree: int) -> str:
+    """Raise ValueError, with the arithmetic, unless `name` at `shape` splits evenly over Ulysses degree `degree`
+    (heads % degree == 0 and latent tokens % degree == 0); return the arithmetic when it does."""
+    family, config = CONFIGS[name]
+    heads, tokens = int(config["num_attention_heads"]), latent_tokens(name, shape)
+    arithmetic = (f"{name}: {token_arithmetic(name, shape)} tokens, {tokens} % {degree} = {tokens % degree}; "
+                  f"{heads} heads % {degree} = {heads % degree}")
+    if tokens % degree or heads % degree or tokens < degree:
+        raise ValueError(f"{arithmetic}: cannot split over sequence-parallel degree {degree} (Ulysses splits heads "
+                         "across ranks and every rank needs an equal share of the tokens)")
+    return arithmetic
 
 
 def step_inputs(name: str, shape: Shape, device="cuda", dtype=torch.bfloat16, seed: int = 0):
@@ -131,6 +160,7 @@ def sigmas(steps: int, shift: float = 5.0) -> list[float]:
 # The shapes each benchmark uses by default (the issues' reference sizes), and tiny ones for --quick.
 SHAPES = {"wan-14b": Shape(480, 832, 81, 512), "wan-1.3b": Shape(480, 832, 81, 512),
           "hunyuan-video": Shape(480, 832, 65, 256), "flux-dev": Shape(1024, 1024, 1, 512),
+          "wan-14b-720p": Shape(720, 1280, 81, 512), "hunyuan-video-720p": Shape(720, 1280, 129, 256),
           "tiny-wan": Shape(32, 32, 5, 8), "tiny-hunyuan-video": Shape(32, 32, 5, 8), "tiny-flux": Shape(32, 32, 1, 8)}
 QUICK = ["tiny-wan", "tiny-hunyuan-video", "tiny-flux"]
 
