@@ -64,8 +64,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, run_demo
 
-    config = DemoConfig(model=args.model, interval=args.interval, steps=args.steps,
-                        calibration_prompts=args.prompts, prompt=args.prompt, epochs=args.epochs)
+    options = dict(model=args.model, interval=args.interval, steps=args.steps, calibration_prompts=args.prompts,
+                   prompt=args.prompt, epochs=args.epochs)
+    config = DemoConfig(**{k: v for k, v in options.items() if v is not None})
     report = run_demo(args.out, config)
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/side_by_side.mp4, side_by_side.gif, report.md, report.json "
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     d.add_argument("--prompts", type=int, default=3, help="calibration prompts (3-5)")
     d.add_argument("--prompt", default=None, help="held-out prompt to show (default: the first evaluation prompt)")
-    d.add_argument("--epochs", type=int, default=150, help="epoch cap per bridge")
+    d.add_argument("--epochs", type=int, default=None, help="epoch cap per bridge (default: DemoConfig's)")
     d.set_defaults(func=cmd_demo)
 
     for register in _extra_commands():

@@ -41,7 +41,7 @@ class DemoConfig:
     calibration_prompts: int = 3
     prompt: str | None = None
     rank: int = 8
-    epochs: int = 150
+    epochs: int = 40
     lr: float = 1e-3
     seed: int = 0
     threads: int = 1
