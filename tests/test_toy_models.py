@@ -51,11 +51,14 @@ def test_generates_a_short_sample_on_the_cpu(toy):
     assert sample.std() > 1.0  # not a constant image
 
 
-# Issue 4's quality bar (held-out adherence >= 0.9) is not met by the shipped models: the only GPU run there
-# was device time for (5.5 minutes per family, H100, see README "Toy models") reached 0.61 held-out for Wan
-# and HunyuanVideo, which learned background and colour but not yet shape and motion. The bar stays written
-# here as a strict xfail: it turns into a failure, to be un-marked, as soon as a retrained bundle meets it.
-BAR_MISSED = pytest.mark.xfail(strict=True, reason="shipped toys miss the 0.9 adherence bar (0.61 measured)")
+# Issue 4's quality bar (held-out adherence >= 0.9) is not met by the shipped models: the one GPU run there was
+# device time for (5.5 minutes per family, H100, see README "Toy models") reached 0.61 held-out for Wan and
+# HunyuanVideo, which learned background and colour but not yet shape and motion; FLUX, trained on the CPU after
+# a GPU crash, reached 0.84. The bar stays written here as a strict xfail: it turns into a failure, to be
+# un-marked, as soon as a retrained bundle meets it.
+BAR_MISSED = pytest.mark.xfail(strict=True, reason="shipped toys miss the 0.9 held-out adherence bar (0.61 / 0.61 / 0.84)")
+# Families whose full compute does not yet follow training prompts (>= 0.75): shape and motion not learned.
+BELOW_TRAINING_BAR = ("wan", "hunyuan_video")
 
 
 def test_full_compute_gets_background_and_colour_right(toy):
@@ -68,9 +71,10 @@ def test_full_compute_gets_background_and_colour_right(toy):
         assert np.mean([r.matches[attribute] for r in results]) >= 0.75, (family, attribute, results)
 
 
-@BAR_MISSED
-def test_full_compute_follows_a_training_prompt(toy):
+def test_full_compute_follows_a_training_prompt(toy, request):
     family, (pipe, defaults) = toy
+    if family in BELOW_TRAINING_BAR:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{family} toy: shape and motion not learned yet"))
     prompts = calibration_prompts("image" if family == "flux" else "video", n=2)
     samples = generate(pipe, prompts, defaults, seed=0)
     assert np.mean([adherence(s, p).score for s, p in zip(samples, prompts)]) >= 0.75
