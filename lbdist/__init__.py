@@ -1,18 +1,40 @@
 """lbdist: LearniBridge for diffusers DiTs (Wan2.1, HunyuanVideo, FLUX.1), on one GPU or a Ray cluster.
 
-Importing lbdist starts nothing (no Ray, no process group); the heavy pieces import lazily.
+Importing lbdist starts nothing and imports neither torch nor diffusers: every name below loads its module on
+first use.
+
+    from lbdist import Generator, GenerationRequest
+    result = Generator("toy:wan").generate(GenerationRequest("a red circle moving left on a black background",
+                                                            schedule="5"))
 """
 __version__ = "0.1.0"
 
-from .bridge import (  # noqa: E402
-    AdapterSet,
-    LoraSettings,
-    Schedule,
-    bridge_stats,
-    disable_bridge,
-    enable_bridge,
-    reset_bridge,
-)
+_LAZY = {
+    # generation
+    "Generator": ".generation.generator", "GeneratorConfig": ".generation.generator",
+    "GenerationRequest": ".generation.request", "GenerationResult": ".generation.request",
+    "GenerationCancelled": ".generation.request", "ModelInfo": ".generation.request",
+    "load_pipeline": ".generation.loading",
+    # bridge
+    "Schedule": ".bridge.schedule", "BridgeConfig": ".bridge.config", "AdapterSet": ".bridge.adapter_set",
+    "LoraSettings": ".bridge.adapter_set", "CacheLimits": ".bridge.resident",
+    "apply_bridge": ".bridge.api", "remove_bridge": ".bridge.api", "enable_bridge": ".bridge.api",
+    "disable_bridge": ".bridge.api", "reset_bridge": ".bridge.api", "bridge_stats": ".bridge.api",
+    # sequence parallelism outside Ray (torchrun)
+    "apply_sequence_parallel": ".parallel.sp", "remove_sequence_parallel": ".parallel.sp",
+    "SequenceParallelConfig": ".parallel.sp",
+    # model families
+    "ModelSpec": ".models.spec", "register_spec": ".models",
+}
 
-__all__ = ["AdapterSet", "LoraSettings", "Schedule", "__version__", "bridge_stats", "disable_bridge",
-           "enable_bridge", "reset_bridge"]
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    from ._lazy import lazy_attribute
+
+    return lazy_attribute(__name__, _LAZY, name)
+
+
+def __dir__():
+    return __all__

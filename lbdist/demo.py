@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,24 +92,25 @@ def side_by_side(panels: dict[str, np.ndarray], scale: int) -> np.ndarray:
 
 
 def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: bool = True) -> dict:
-    from .bridge import Schedule, disable_bridge, enable_bridge
+    from .bridge import Schedule
     from .calibrate import RecordConfig, TrainConfig, record_pairs, train_adapters
     from .evaluate.metrics import psnr, ssim
-    from .generate import call_arguments, run_generation
-    from .pipelines import load_pipeline
+    from .generation import GenerationRequest, Generator, GeneratorConfig, load_pipeline
     from .toy.metric import adherence
 
     import torch
 
     out = Path(out)
+    calibration, shown = _prompts(config)  # a calibration prompt shown as held out is refused before any work
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
     started = time.perf_counter()
     loaded = load_pipeline(config.model, device="cpu", dtype="float32")
-    steps = config.steps or loaded.call_defaults.get("num_inference_steps", 20)
+    request = GenerationRequest(shown, num_inference_steps=config.steps, seed=config.seed,
+                                **config.extra).resolve(loaded.info)
+    steps = request.num_inference_steps
     schedule = Schedule.periodic(steps, config.interval)
-    calibration, shown = _prompts(config)
-    call = call_arguments(loaded, steps, config.extra)
+    call = request.call_kwargs(loaded.info)
     call.pop("num_inference_steps")
 
     t = time.perf_counter()
@@ -117,18 +118,17 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: bool 
                  out / "pairs", progress=progress)
     train = TrainConfig(rank=config.rank, alpha=2.0 * config.rank, lr=config.lr, max_epochs=config.epochs,
                         eval_every=10, patience=3)
-    adapters = train_adapters(loaded.pipe.transformer, out / "pairs", out / "adapters", train, progress=progress)
+    train_adapters(loaded.pipe.transformer, out / "pairs", out / "adapters", train, progress=progress)
     calibration_s = time.perf_counter() - t
 
+    generator = Generator(loaded, GeneratorConfig(adapters={"demo": str(out / "adapters")}))
+    variants = {"full compute": {}, "LearniBridge": {"schedule": str(config.interval), "adapters": "demo"},
+                "uncalibrated bridge": {"schedule": str(config.interval)}}
     runs = {}
-    for name, bridge in (("full compute", None), ("LearniBridge", adapters), ("uncalibrated bridge", False)):
-        disable_bridge(loaded.pipe)
-        if bridge is not None:
-            enable_bridge(loaded.pipe, schedule, adapters=bridge or None)
-        run_generation(loaded, shown, steps=steps, seed=config.seed, overrides=config.extra)  # warm-up
-        runs[name] = run_generation(loaded, shown, steps=steps, seed=config.seed, overrides=config.extra,
-                                    keep_latents=True)
-    disable_bridge(loaded.pipe)
+    for name, fields in variants.items():
+        variant = replace(request, **fields)
+        generator.generate(variant)  # warm-up
+        runs[name] = generator.generate(variant, keep_latents=True)
 
     full = runs["full compute"]
     report = {"model": config.model, "prompt": shown, "calibration_prompts": calibration,
@@ -137,9 +137,9 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: bool 
     for name, run in runs.items():
         latent_err = float((run.latents - full.latents).norm() / full.latents.norm())
         report["methods"][name] = {
-            "transformer_calls": run.stats or {"full": "all"},
-            "transformer_seconds": round(run.transformer_seconds, 4),
-            "speedup_transformer": round(full.transformer_seconds / run.transformer_seconds, 2),
+            "transformer_calls": run.calls,
+            "transformer_seconds": round(run.timings["transformer"], 4),
+            "speedup_transformer": round(full.timings["transformer"] / run.timings["transformer"], 2),
             "psnr_db": None if name == "full compute" else round(psnr(run.frames, full.frames), 2),
             "ssim": None if name == "full compute" else round(ssim(run.frames, full.frames), 4),
             "latent_rel_l2": round(latent_err, 5),

@@ -12,8 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-FAMILIES = ("wan", "hunyuan_video", "flux")
-WORDS = "red green blue yellow circle square triangle left right up down".split()
+from helpers import FAMILIES, make_pipe  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,23 +23,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs >= 2 CUDA GPUs, found {gpus}"))
         elif "gpu" in item.keywords and gpus < 1:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU, found none"))
-
-
-def make_pipe(family: str, **overrides):
-    from lbdist.toy.build import build_pipeline
-
-    return build_pipeline(family, "tiny", words=WORDS, seed=0, **overrides)
-
-
-def call_kwargs(family: str, steps: int, **extra) -> dict:
-    from lbdist.toy.build import CALL_DEFAULTS
-
-    return {**CALL_DEFAULTS[family]["tiny"], "num_inference_steps": steps, "output_type": "latent", **extra}
-
-
-def generate(pipe, family: str, prompt: str = "a red circle", steps: int = 10, seed: int = 0, **extra):
-    out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **call_kwargs(family, steps, **extra))
-    return out.frames if hasattr(out, "frames") else out.images
 
 
 @pytest.fixture(params=FAMILIES)

@@ -6,7 +6,7 @@ import torch
 
 from lbdist import Schedule, bridge_stats, disable_bridge, enable_bridge
 from lbdist.models import BlockArgs, get_spec
-from tests.conftest import generate, make_pipe
+from helpers import generate, make_pipe
 
 
 def _attention_of(block: torch.nn.Module) -> torch.nn.Module:

@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from lbdist import Schedule, bridge_stats, disable_bridge, enable_bridge
 from lbdist.bridge import AdapterSet, LoraSettings, random_adapter_set
 from lbdist.models import BlockArgs, get_spec
-from tests.conftest import generate, make_pipe
+from helpers import generate, make_pipe
 
 STEPS = 7
 

@@ -10,7 +10,7 @@ from lbdist import AdapterSet, Schedule, bridge_stats, disable_bridge, enable_br
 from lbdist.calibrate import RecordConfig, TrainConfig, record_pairs, train_adapters
 from lbdist.calibrate.store import read_index, read_manifest
 from lbdist.cli import main
-from tests.conftest import generate, make_pipe
+from helpers import generate, make_pipe
 
 STEPS, N = 12, 4
 CALIBRATION = ("a red circle moving left", "a blue square moving up", "a green triangle moving right",

@@ -7,7 +7,7 @@ import imageio.v3 as iio
 import pytest
 
 from lbdist.cli import main
-from tests.conftest import make_pipe
+from helpers import make_pipe
 
 
 @pytest.fixture(scope="module")

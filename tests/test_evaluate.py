@@ -12,7 +12,7 @@ from lbdist.evaluate import METHODS, CostMeter, MethodSetup, PeerSettings, calib
 from lbdist.evaluate.cost import FLOP_FORMULAS
 from lbdist.evaluate.metrics import interpolate_curve, psnr, relative_l2, ssim
 from lbdist.evaluate.peers import hooked_modules
-from tests.conftest import call_kwargs, make_pipe
+from helpers import call_kwargs, make_pipe
 
 
 def _frames(seed=0, shape=(3, 24, 24, 3)):

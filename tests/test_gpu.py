@@ -7,7 +7,7 @@ import torch
 from lbdist import Schedule, enable_bridge
 from lbdist.bridge import LoraSettings, random_adapter_set
 from lbdist.models import get_spec
-from tests.conftest import generate, make_pipe
+from helpers import generate, make_pipe
 
 pytestmark = pytest.mark.gpu
 

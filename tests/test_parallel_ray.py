@@ -10,16 +10,19 @@ from __future__ import annotations
 import re
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from lbdist import Schedule, enable_bridge
+from lbdist import Schedule
 from lbdist.bridge import LoraSettings, random_adapter_set
+from lbdist.generation import GenerationCancelled, GenerationRequest
+from lbdist.generation.engine import Engine
+from lbdist.generation.loading import load_pipeline
 from lbdist.models import get_spec
 from lbdist.parallel import xdit
-from lbdist.parallel import (DegreeError, GenerationRequest, GroupBrokenError, PipelineFactory, WorkerDiedError, WorkerGroup,
+from lbdist.parallel import (DegreeError, GroupBrokenError, PipelineFactory, WorkerDiedError, WorkerGroup,
                              WorkerGroupConfig)
-from tests.conftest import WORDS, call_kwargs, make_pipe
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.skipif(not (xdit.installed("xfuser") and xdit.installed("yunchang")),
@@ -33,21 +36,25 @@ SIZES = {"wan": dict(height=32, width=32, num_frames=5),            # 2 x 2 x 2 
 ATOL = 1e-5
 
 
-def factory(family: str, **overrides) -> PipelineFactory:
-    return PipelineFactory("lbdist.toy.build:build_pipeline",
-                           {"family": family, "size": "tiny", "words": WORDS, "seed": 0, **overrides})
+def factory(family: str) -> PipelineFactory:
+    return PipelineFactory("lbdist.generation.loading:load_pipeline", {"source": f"tiny:{family}", "dtype": "float32"})
 
 
-def kwargs(family: str) -> dict:
-    return call_kwargs(family, STEPS, **SIZES[family])
+def request(family: str, **extra) -> GenerationRequest:
+    return GenerationRequest("a red circle", seed=3, num_inference_steps=STEPS, **SIZES[family], **extra)
 
 
-def single_process(family: str, schedule=None, adapters=None):
-    pipe = make_pipe(family)
-    if schedule is not None:
-        enable_bridge(pipe, schedule, adapters)
-    out = pipe(prompt="a red circle", generator=torch.Generator().manual_seed(3), **kwargs(family))
-    return out.frames if hasattr(out, "frames") else out.images
+def single_process(family: str, adapters=None, **extra):
+    """The same request on one process (an Engine over the same tiny pipeline); returns its GenerationResult."""
+    engine = Engine(load_pipeline(f"tiny:{family}", "cpu", "float32"),
+                    adapters={"set": str(adapters)} if adapters else None)
+    return engine.run(request(family, adapters="set" if adapters else None, **extra), keep_latents=True)
+
+
+def assert_same(result, reference):
+    assert result.frames.shape == reference.frames.shape
+    torch.testing.assert_close(result.latents, reference.latents, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(result.frames, reference.frames, atol=1e-4, rtol=0)
 
 
 @pytest.fixture(scope="module")
@@ -94,60 +101,56 @@ def test_group_forms_ulysses_2_over_gloo_with_xfusers_wrapper(group):
 @pytest.mark.parametrize("family", ["wan", "hunyuan_video", "flux"])
 def test_sequence_parallel_full_compute_equals_single_process(group, family):
     _load(group, family)
-    result = group.generate("a red circle", seed=3, **kwargs(family))
-    reference = single_process(family)
-    assert result.output.shape == reference.shape
-    torch.testing.assert_close(result.output, reference, atol=ATOL, rtol=0)
-    assert result.bridge_stats == {}
+    result = group.generate(request(family), keep_latents=True)
+    assert_same(result, single_process(family))
+    assert result.calls["bridged"] == 0 and result.steps == ["full"] * STEPS
 
 
 @pytest.mark.parametrize("family", ["wan", "hunyuan_video", "flux"])
 def test_sequence_parallel_bridge_equals_single_process_bridge(group, family):
     _load(group, family)
-    result = group.generate("a red circle", seed=3, schedule=SCHEDULE, **kwargs(family))
-    reference = single_process(family, SCHEDULE)
-    torch.testing.assert_close(result.output, reference, atol=ATOL, rtol=0)
+    result = group.generate(request(family, schedule="3"), keep_latents=True)
+    reference = single_process(family, schedule="3")
+    assert_same(result, reference)
     calls_per_step = 2 if family == "wan" else 1  # Wan runs true CFG: a cond and an uncond call per step
-    assert result.bridge_stats["bridged"] == len(SCHEDULE.bridged_steps) * calls_per_step
+    assert result.calls["bridged"] == len(SCHEDULE.bridged_steps) * calls_per_step
     full = single_process(family)
-    assert (reference - full).abs().max() > 1e-3  # the bridge changed the output, so equality above means something
+    assert (reference.latents - full.latents).abs().max() > 1e-3  # the bridge changed the output
 
 
 def test_bridge_with_resident_adapters_from_a_path_under_sequence_parallelism(group, tmp_path):
     _load(group, "wan")
-    pipe = make_pipe("wan")
-    spec = get_spec(pipe.transformer)
-    adapters = random_adapter_set(pipe.transformer, SCHEDULE, lora=LoraSettings(4, 8.0, spec.lora_targets), std=0.2)
+    transformer = load_pipeline("tiny:wan", "cpu", "float32").pipe.transformer
+    spec = get_spec(transformer)
+    adapters = random_adapter_set(transformer, SCHEDULE, lora=LoraSettings(4, 8.0, spec.lora_targets), std=0.2)
     adapters.save(tmp_path / "set")
-    result = group.generate("a red circle", seed=3, schedule=SCHEDULE, adapters=str(tmp_path / "set"),
-                            **kwargs("wan"))
-    assert result.bridge_stats["calibrated"] == len(SCHEDULE.bridged_steps) * 2
-    calibrated = single_process("wan", SCHEDULE, tmp_path / "set")
-    torch.testing.assert_close(result.output, calibrated, atol=ATOL, rtol=0)
-    assert (calibrated - single_process("wan", SCHEDULE)).abs().max() > 1e-3
+    result = group.generate(request("wan", schedule="3", adapters=str(tmp_path / "set")), keep_latents=True)
+    assert result.calls["calibrated"] == len(SCHEDULE.bridged_steps) * 2
+    assert result.steps == ["full", "calibrated", "calibrated"] * 2
+    calibrated = single_process("wan", adapters=tmp_path / "set", schedule="3")
+    assert_same(result, calibrated)
+    assert (calibrated.latents - single_process("wan", schedule="3").latents).abs().max() > 1e-3
 
 
 def test_each_rank_caches_and_bridges_only_its_own_shard(group):
     _load(group, "wan")
 
-    def _shard_shapes(worker, request):
+    def _shard_shapes(worker, req):
         """On one rank: (full?, cached stream shape, final-block output shape) at every final-block call."""
         from lbdist.bridge import get_bridge
 
-        worker.generate(request)  # enables the bridge on this rank's wrapped transformer
         runtime = get_bridge(worker.pipe)
         final = get_spec(worker.pipe.transformer).final_block(worker.pipe.transformer)
         seen = []
         handle = final.register_forward_hook(lambda module, args, output: seen.append(
             (runtime.current.plan.full, tuple(runtime.current.state.cache["hidden_states"].shape), tuple(output.shape))))
         try:
-            worker.generate(request)
+            worker.generate(req)
         finally:
             handle.remove()
         return seen
 
-    request = GenerationRequest("a red circle", 3, kwargs("wan"), SCHEDULE)
-    for seen in group.run(_shard_shapes, request):
+    for seen in group.run(_shard_shapes, request("wan", schedule="3")):
         assert len(seen) == STEPS * 2  # every call of both guidance branches reached the final block
         assert sum(not full for full, _, _ in seen) == len(SCHEDULE.bridged_steps) * 2
         assert {cache for _, cache, _ in seen} == {(1, 8 // 2, 24)}  # 8 tokens over 2 ranks, inner dim 24
@@ -156,15 +159,17 @@ def test_each_rank_caches_and_bridges_only_its_own_shard(group):
 
 def test_a_size_that_does_not_split_is_refused_on_every_rank_and_the_group_stays_usable(group):
     _load(group, "wan")
-    bad = dict(kwargs("wan"), height=48, width=16, num_frames=1)  # 3 tokens over 2 ranks
+    bad = GenerationRequest("a red circle", height=48, width=16, num_frames=1, num_inference_steps=STEPS)  # 3 tokens
     with pytest.raises(DegreeError, match=re.escape("3 tokens (height=48, width=16, num_frames=1) cannot be split")):
-        group.generate("a red circle", **bad)
-    assert group.generate("a red circle", seed=3, **kwargs("wan")).output.shape[0] == 1
+        group.generate(bad)
+    assert group.generate(request("wan")).frames.shape == (5, 32, 32, 3)
 
 
 def test_heads_not_divisible_by_ulysses_are_refused_at_load(group):
+    three_heads = PipelineFactory("lbdist.toy.build:build_pipeline",
+                                  {"family": "wan", "size": "tiny", "num_attention_heads": 3})
     with pytest.raises(DegreeError, match=re.escape("3 attention heads % ulysses(2) = 1")):
-        group.load(factory("wan", num_attention_heads=3))
+        group.load(three_heads)
     assert group.model is None
     group.load(factory("wan"))
     assert group.model["family"] == "wan"
@@ -174,12 +179,11 @@ def test_killed_actor_fails_the_call_naming_its_rank_and_restart_recovers(group)
     _load(group, "wan")
     ray.kill(group.actors[1], no_restart=True)
     with pytest.raises(WorkerDiedError, match=r"rank 1 of the worker group died .*call group\.restart\(\)"):
-        group.generate("a red circle", seed=3, **kwargs("wan"))
+        group.generate(request("wan"))
     with pytest.raises(GroupBrokenError, match="restart"):
-        group.generate("a red circle", seed=3, **kwargs("wan"))
+        group.generate(request("wan"))
     group.restart()
-    result = group.generate("a red circle", seed=3, **kwargs("wan"))
-    torch.testing.assert_close(result.output, single_process("wan"), atol=ATOL, rtol=0)
+    assert_same(group.generate(request("wan"), keep_latents=True), single_process("wan"))
 
 
 def test_shutdown_frees_the_reserved_resources(group, cluster):
@@ -190,6 +194,33 @@ def test_shutdown_frees_the_reserved_resources(group, cluster):
         time.sleep(0.2)
     assert cluster.available_resources().get("CPU", 0) == 2
     assert group.actors == []
+
+
+def test_generator_over_a_group_reports_progress_and_stops_every_rank_at_the_same_step(cluster):
+    from lbdist import Generator, GeneratorConfig
+
+    config = GeneratorConfig(sp_degree=2, dtype="float32", worker={"gpus_per_worker": 0, "call_timeout_s": 300})
+    with Generator("tiny:wan", config) as generator:
+        assert generator.info.family == "wan" and generator.info.heads == 2
+        seen = []
+        result = generator.generate(request("wan", schedule="3"), keep_latents=True,
+                                    progress=lambda done, total: seen.append((done, total)))
+        assert seen == [(i, STEPS) for i in range(1, STEPS + 1)]
+        assert_same(result, single_process("wan", schedule="3"))
+
+        def stopped_at(worker, req, control):
+            try:
+                worker.generate(req, control)
+            except GenerationCancelled as exc:
+                return exc.step
+            return None
+
+        control = ray.remote(num_cpus=0)(__import__("lbdist.parallel.control", fromlist=["x"]).GenerationControl).remote()
+        ray.get(control.cancel.remote())
+        assert generator.group.run(stopped_at, request("wan"), control) == [1, 1]  # both ranks, same boundary
+        with pytest.raises(GenerationCancelled, match="after step 1 of 6"):
+            generator.generate(request("wan"), cancel=lambda: True)
+        assert generator.generate(request("wan")).steps == ["full"] * STEPS  # usable after a cancel
 
 
 def test_nccl_without_gpus_is_refused_before_any_actor_starts(cluster):

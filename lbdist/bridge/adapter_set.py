@@ -202,7 +202,7 @@ def random_adapter_set(transformer: torch.nn.Module, schedule: Schedule, branche
             raise ValueError(f"LoRA target {name!r} of the final block is a {type(module).__name__}, not nn.Linear")
         shapes[name] = (module.in_features, module.out_features)
     gen = torch.Generator().manual_seed(seed)
-    branches = tuple(branches or spec.default_branches)
+    branches = tuple(branches or spec.branches)
     weights = {}
     for step in schedule.bridged_steps:
         for branch in branches:

@@ -1,21 +1,24 @@
-"""Public entry points of the bridge: `enable_bridge`, `disable_bridge`, `reset_bridge`, `bridge_stats`.
+"""Public entry points of the bridge: `apply_bridge` / `remove_bridge`, plus `reset_bridge` and `bridge_stats`.
 
     pipe = WanPipeline.from_pretrained(...)
-    enable_bridge(pipe, Schedule.periodic(num_steps=50, interval=5), adapters="adapters/wan-n5")
+    apply_bridge(pipe, config=BridgeConfig(Schedule.periodic(50, 5), adapters="adapters/wan-n5"))
     video = pipe(prompt="...", num_inference_steps=50).frames[0]   # now bridged
-    disable_bridge(pipe)                                            # back to the original model
+    remove_bridge(pipe)                                             # back to the original model
+
+Applying again reconfigures the hooks in place (another schedule or adapter set); adapter sets stay resident
+in the transformer's `AdapterCache` (LRU), so switching back to a set seen before injects nothing.
+`enable_bridge(pipe, schedule, adapters)` / `disable_bridge(pipe)` are the positional aliases of earlier releases.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 from diffusers.hooks import HookRegistry
 
 from ..models import get_spec
 from .adapter_set import AdapterSet
+from .config import BridgeConfig
 from .hooks import FINAL_HOOK, STEP_HOOK, BridgeRuntime, FinalBlockHook, StepHook
-from .resident import ResidentAdapters
+from .resident import AdapterCache, CacheLimits
 from .schedule import Schedule
 
 _ATTR = "_lbdist_bridge"
@@ -33,51 +36,81 @@ def _transformer(pipe_or_transformer) -> torch.nn.Module:
     return transformer
 
 
-def enable_bridge(pipe, schedule: Schedule, adapters: AdapterSet | str | os.PathLike | None = None) -> BridgeRuntime:
-    """Bridge the pipeline's transformer with `schedule`; `pipe(prompt=...)` is then bridged.
-
-    Args:
-        pipe: a diffusers pipeline (or a bare transformer) of a supported family.
-        schedule: which steps run in full (`Schedule.periodic(num_steps, N)` or `Schedule.explicit`).
-        adapters: an `AdapterSet`, a directory or Hub repo id holding one, or None for the uncalibrated
-            bridge. The set must have been calibrated for this model and this schedule.
-    Returns the runtime (its `stats` count full, bridged and calibrated transformer calls).
-    """
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule must be an lbdist Schedule (Schedule.periodic / Schedule.explicit), "
-                         f"got {type(schedule).__name__}")
-    transformer = _transformer(pipe)
+def _install(pipe, transformer: torch.nn.Module, limits: CacheLimits) -> BridgeRuntime:
     spec = get_spec(transformer)
-    if getattr(transformer, _ATTR, None) is not None:
-        disable_bridge(transformer)
     blocks = spec.blocks(transformer)
     if len(blocks) < 2:
         raise ValueError(f"{type(transformer).__name__} has {len(blocks)} block(s); bridging needs at least 2")
-    final = blocks[-1]
-    resident = None
-    if adapters is not None:
-        if not isinstance(adapters, AdapterSet):
-            adapters = AdapterSet.load(adapters)
-        adapters.check_fits(transformer, spec.family, schedule)
-        resident = ResidentAdapters(final, adapters, spec.lora_targets)
     scheduler = getattr(pipe, "scheduler", None)
     steps_of = None
     if scheduler is not None:
         def steps_of():
             timesteps = getattr(scheduler, "timesteps", None)
             return None if timesteps is None else len(timesteps)
-    runtime = BridgeRuntime(spec, schedule, resident, steps_of=steps_of)
-
+    cache = AdapterCache(blocks[-1], spec.lora_targets, limits)
+    runtime = BridgeRuntime(spec, None, None, steps_of=steps_of, adapter_cache=cache)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(StepHook(runtime), STEP_HOOK)
-    HookRegistry.check_if_exists_or_initialize(final).register_hook(FinalBlockHook(runtime, final), FINAL_HOOK)
+    HookRegistry.check_if_exists_or_initialize(blocks[-1]).register_hook(FinalBlockHook(runtime, blocks[-1]), FINAL_HOOK)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
     setattr(transformer, _ATTR, runtime)
     return runtime
 
 
-def disable_bridge(pipe) -> None:
-    """Remove every bridge hook and adapter: the transformer computes exactly as before `enable_bridge`."""
-    transformer = _transformer(pipe)
+def _load_set(config: BridgeConfig) -> AdapterSet:
+    return config.adapters if isinstance(config.adapters, AdapterSet) else AdapterSet.load(config.adapters)
+
+
+def apply_bridge(pipe_or_transformer, *, config: BridgeConfig | None, cache_limits: CacheLimits | None = None
+                 ) -> BridgeRuntime:
+    """Bridge the pipeline's transformer as `config` says; `pipe(prompt=...)` is then bridged.
+
+    Args:
+        pipe_or_transformer: a diffusers pipeline (or a bare transformer) of a registered family.
+        config: schedule and adapter set (`BridgeConfig`); None keeps the hooks installed but computes every step
+            in full (exactly the original model), which is what a full-compute request between bridged ones uses.
+        cache_limits: bounds of the resident adapter sets (first call only; default `CacheLimits()`).
+    Returns the runtime (`stats` counts full, bridged and calibrated transformer calls; `trace` which step of
+    which branch ran how; `adapter_cache` the resident sets).
+    """
+    if config is not None and not isinstance(config, BridgeConfig):
+        raise ValueError(f"config must be a BridgeConfig or None, got {type(config).__name__}")
+    transformer = _transformer(pipe_or_transformer)
+    runtime = getattr(transformer, _ATTR, None)
+    if runtime is None:
+        runtime = _install(pipe_or_transformer, transformer, cache_limits or CacheLimits())
+    if config is None:
+        runtime.configure(None, None)
+        return runtime
+    resident = None
+    if config.adapters is not None:
+        key = config.key
+        if key in runtime.adapter_cache:
+            resident = runtime.adapter_cache.get(key, None)
+        else:
+            adapters = _load_set(config)
+            adapters.check_fits(transformer, runtime.spec.family, config.schedule)
+            check_coverage(adapters, config)
+            resident = runtime.adapter_cache.get(key, lambda: adapters)
+        if resident.adapters.schedule != config.schedule:
+            resident.adapters.check_fits(transformer, runtime.spec.family, config.schedule)
+    runtime.configure(config.schedule, resident)
+    return runtime
+
+
+def check_coverage(adapters: AdapterSet, config: BridgeConfig) -> list[tuple[int, str]]:
+    """Bridges of the schedule without an adapter; refused unless `config.allow_uncovered`."""
+    missing = adapters.missing()
+    if missing and not config.allow_uncovered:
+        shown = ", ".join(f"{s}/{b}" for s, b in missing[:8]) + (" ..." if len(missing) > 8 else "")
+        raise ValueError(f"the adapter set covers {len(adapters.weights)} of {len(adapters.weights) + len(missing)} "
+                         f"bridges of {config.schedule.description}; uncovered (step/branch): {shown}. Calibrate them, "
+                         "or pass allow_uncovered=True to run those steps uncalibrated")
+    return missing
+
+
+def remove_bridge(pipe_or_transformer) -> None:
+    """Remove every bridge hook and adapter: the transformer computes exactly as before `apply_bridge`."""
+    transformer = _transformer(pipe_or_transformer)
     runtime = getattr(transformer, _ATTR, None)
     if runtime is None:
         return
@@ -85,9 +118,21 @@ def disable_bridge(pipe) -> None:
     for name in (STEP_HOOK, FINAL_HOOK):
         registry.remove_hook(name, recurse=True)
     registry.invalidate_child_registries_cache()
-    if runtime.adapters is not None:
-        runtime.adapters.remove()
+    runtime.adapter_cache.clear()
     delattr(transformer, _ATTR)
+
+
+def enable_bridge(pipe, schedule: Schedule, adapters=None) -> BridgeRuntime:
+    """`apply_bridge(pipe, config=BridgeConfig(schedule, adapters))` (the positional form of earlier releases)."""
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be an lbdist Schedule (Schedule.periodic / Schedule.explicit), "
+                         f"got {type(schedule).__name__}")
+    return apply_bridge(pipe, config=BridgeConfig(schedule, adapters))
+
+
+def disable_bridge(pipe) -> None:
+    """Alias of `remove_bridge`."""
+    remove_bridge(pipe)
 
 
 def reset_bridge(pipe) -> None:
@@ -103,6 +148,6 @@ def get_bridge(pipe) -> BridgeRuntime | None:
 
 
 def bridge_stats(pipe) -> dict:
-    """Counts of full, bridged and calibrated transformer calls since the bridge was enabled."""
+    """Counts of full, bridged and calibrated transformer calls since the bridge was applied."""
     runtime = get_bridge(pipe)
     return dict(runtime.stats) if runtime is not None else {}

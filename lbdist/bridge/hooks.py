@@ -1,7 +1,7 @@
 """The bridge runtime: two removable diffusers hooks, one on the real transformer, one on its final block.
 
 - `StepHook` on the transformer: reads the pipeline's `cache_context` (branch name, step index) and asks
-  the schedule what this step is. At a full step the model runs untouched. At a bridged step the model's
+  the schedule what this step is (with no schedule configured, every call runs untouched). At a full step the model runs untouched. At a bridged step the model's
   own `forward` runs with each block list seen as a view holding only the final block (the other lists
   empty), so blocks `0..L-2` are never entered; the real lists are put back before the call returns.
 - `FinalBlockHook` on block `L-1`: at a full step stores its stream inputs (one cache per guidance branch)
@@ -50,16 +50,32 @@ class Current:
 
 
 class BridgeRuntime:
-    """Shared by the hooks of one transformer: spec, schedule, resident adapters, counters."""
+    """Shared by the hooks of one transformer: spec, schedule, resident adapters, counters.
 
-    def __init__(self, spec: ModelSpec, schedule: Schedule, adapters=None, steps_of=None):
+    `configure` switches schedule and adapters between pipeline calls without touching the hooks; with
+    `schedule=None` the transformer computes exactly as without the bridge (what a full-compute request uses).
+    `adapter_cache` holds the adapter sets resident on the final block (see `resident.AdapterCache`).
+    """
+
+    def __init__(self, spec: ModelSpec, schedule: Schedule | None, adapters=None, steps_of=None, adapter_cache=None):
         self.spec = spec
         self.schedule = schedule
         self.adapters = adapters  # ResidentAdapters or None (uncalibrated bridge)
+        self.adapter_cache = adapter_cache
         self.steps_of = steps_of  # callable -> the pipeline's step count, for pipelines whose context lacks it
         self.states = StateManager(BranchState)
         self.current: Current | None = None
         self.stats = {"full": 0, "bridged": 0, "calibrated": 0}
+        self.trace: list[tuple[int, str, str]] = []  # (step, branch, "full" | "bridged" | "calibrated"); callers clear it
+
+    def configure(self, schedule: Schedule | None, adapters=None) -> None:
+        if self.adapters is not None:
+            self.adapters.deactivate()
+        self.schedule, self.adapters = schedule, adapters
+        self.states.reset()
+        self.current = None
+        self.stats = {"full": 0, "bridged": 0, "calibrated": 0}
+        self.trace = []
 
     def begin(self) -> Current:
         context = self.states._context
@@ -88,8 +104,19 @@ class BridgeRuntime:
                 f"step {step} ({context.name}) is bridged from step {plan.anchor}, but the cache holds step "
                 f"{state.anchor}: the full step was skipped (interrupted run? call lbdist.reset_bridge(pipe))")
         self.stats["full" if plan.full else "bridged"] += 1
+        self.trace.append((step, context.name, "full" if plan.full else "bridged"))
         self.current = Current(plan, context.name, state)
         return self.current
+
+    def count_unbridged(self) -> None:
+        """A call with no schedule configured: counted as full (step from the pipeline's context, if any)."""
+        context = self.states._context
+        self.stats["full"] += 1
+        if context is not None:
+            state: BranchState = self.states.get_state()
+            step = context.step_index if context.step_index is not None else state.calls
+            state.calls += 1
+            self.trace.append((step, context.name, "full"))
 
     def end(self, current: Current) -> None:
         current.state.calls += 1
@@ -105,20 +132,18 @@ class StepHook(ModelHook):
         self.state_manager = runtime.states  # found by diffusers' cache_context, which sets its context
 
     def new_forward(self, module, *args, **kwargs):
+        if self.runtime.schedule is None:
+            self.runtime.count_unbridged()
+            return self.fn_ref.original_forward(*args, **kwargs)
         current = self.runtime.begin()
         try:
             if current.plan.full:
                 return self.fn_ref.original_forward(*args, **kwargs)
-            modules = module._modules
-            lists = self.runtime.spec.block_lists
-            saved = {name: modules[name] for name in lists}
-            for name in lists[:-1]:
-                modules[name] = torch.nn.ModuleList()
-            modules[lists[-1]] = torch.nn.ModuleList([saved[lists[-1]][-1]])
+            saved = self.runtime.spec.only_final_block(module)
             try:
                 return self.fn_ref.original_forward(*args, **kwargs)
             finally:
-                modules.update(saved)
+                module._modules.update(saved)
         finally:
             self.runtime.end(current)
 
@@ -152,6 +177,7 @@ class FinalBlockHook(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         if adapters.activate(current.plan.step, current.branch):
             self.runtime.stats["calibrated"] += 1
+            self.runtime.trace[-1] = (current.plan.step, current.branch, "calibrated")
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import FAMILY_DEFAULTS, RecordConfig, TrainConfig
+from .config import RecordConfig, TrainConfig
 from .recorder import record_pairs
 from .trainer import load_pairs, train_adapters, train_bridge
 
@@ -26,5 +26,5 @@ def calibrate(pipe, schedule, record: RecordConfig, out_dir: str | os.PathLike, 
     return train_adapters(pipe.transformer, pairs_dir, out_dir, train, progress=progress)
 
 
-__all__ = ["FAMILY_DEFAULTS", "RecordConfig", "TrainConfig", "calibrate", "load_pairs", "record_pairs",
+__all__ = ["RecordConfig", "TrainConfig", "calibrate", "load_pairs", "record_pairs",
            "train_adapters", "train_bridge"]

@@ -3,14 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Reference learning rates and epoch caps by family (the authors' scheduler defaults).
-FAMILY_DEFAULTS = {
-    "wan": {"lr": 1e-4, "max_epochs": 5000},
-    "hunyuan_video": {"lr": 3e-3, "max_epochs": 5000},
-    "flux": {"lr": 1e-3, "max_epochs": 800},
-}
-
-
 @dataclass(frozen=True)
 class RecordConfig:
     """The pre-calibration pass: full-compute sampling of the calibration prompts.
@@ -41,7 +33,7 @@ class TrainConfig:
     """Training of one LoRA per bridge on the final block.
 
     rank, alpha: LoRA shape (reference r=32, alpha=64).
-    lr: AdamW learning rate; None takes the family default (FAMILY_DEFAULTS).
+    lr: AdamW learning rate; None takes the family default (its model spec's `recipe`).
     max_epochs: epochs cap (one epoch = one optimiser step over all training pairs of the bridge);
         None takes the family default (the reference recipe: 5000 for Wan).
     holdout_prompts: the last K prompts' pairs are held out for early stopping (default 0: early stopping
@@ -97,6 +89,8 @@ class TrainConfig:
         """This config with family defaults filled in for lr and max_epochs."""
         from dataclasses import replace
 
-        d = FAMILY_DEFAULTS[family]
-        return replace(self, lr=self.lr if self.lr is not None else d["lr"],
-                       max_epochs=self.max_epochs if self.max_epochs is not None else d["max_epochs"])
+        from ..models import get_spec_by_family
+
+        recipe = get_spec_by_family(family).recipe
+        return replace(self, lr=self.lr if self.lr is not None else recipe.lr,
+                       max_epochs=self.max_epochs if self.max_epochs is not None else recipe.max_epochs)

@@ -4,20 +4,18 @@ One building block serves the calibration job, the Serve replicas and batch rend
 actors, one per GPU, that each build the same pipeline, put its transformer under xfuser's sequence-parallel
 wrapper, and run every generation together (Ulysses x ring = number of workers); rank 0 returns the result.
 
-    import torch
-    from lbdist import Schedule
+    from lbdist.generation import GenerationRequest
     from lbdist.parallel import PipelineFactory, WorkerGroup, WorkerGroupConfig
 
-    factory = PipelineFactory("diffusers:WanPipeline.from_pretrained",
-                              {"pretrained_model_name_or_path": "/models/Wan2.1-T2V-14B-Diffusers",
-                               "torch_dtype": torch.bfloat16})
+    factory = PipelineFactory("lbdist.generation.loading:load_pipeline",
+                              {"source": "/models/Wan2.1-T2V-14B-Diffusers", "dtype": "bfloat16"})
     with WorkerGroup(WorkerGroupConfig(num_workers=4), factory) as group:      # 4 GPUs, Ulysses 4, NCCL
-        full = group.generate("a red fox in the snow", seed=0, num_inference_steps=50,
-                              height=480, width=832, num_frames=81)
-        fast = group.generate("a red fox in the snow", seed=0, num_inference_steps=50,
-                              height=480, width=832, num_frames=81,
-                              schedule=Schedule.periodic(50, 6), adapters="adapters/wan14b-n6")
-    video = fast.output          # rank 0's pipeline output (CPU tensor / numpy / PIL), fast.bridge_stats, fast.seconds
+        result = group.generate(GenerationRequest("a red fox in the snow", num_inference_steps=50, height=480,
+                                                  width=832, num_frames=81, schedule="6", adapters="adapters/wan14b-n6"))
+    result.frames, result.timings, result.calls   # rank 0's GenerationResult
+
+Most users reach groups through `lbdist.Generator(model, GeneratorConfig(sp_degree=4))`, which adds progress and
+cancellation; this module is the layer underneath.
 
 - Each rank calls the factory itself (a picklable callable, or "module:function" plus kwargs), so weights never
   pass through Ray's object store; it must be deterministic (ranks compare a weight checksum after loading).
@@ -35,11 +33,9 @@ Nothing here starts Ray or imports xfuser at import time.
 """
 from __future__ import annotations
 
-from .config import (GenerationRequest, GenerationResult, GroupBrokenError, PipelineFactory, WorkerDiedError,
-                     WorkerGroupConfig)
+from .config import GroupBrokenError, PipelineFactory, WorkerDiedError, WorkerGroupConfig
 from .degree import DegreeError
 from .group import WorkerGroup
 
-__all__ = ["DegreeError", "GenerationRequest", "GenerationResult", "GroupBrokenError", "PipelineFactory",
-           "WorkerDiedError", "WorkerGroup", "WorkerGroupConfig"]
+__all__ = ["DegreeError", "GroupBrokenError", "PipelineFactory", "WorkerDiedError", "WorkerGroup", "WorkerGroupConfig"]
 

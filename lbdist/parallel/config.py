@@ -1,4 +1,4 @@
-"""Frozen configs of the worker group: its shape, how each rank builds its pipeline, what one request asks for.
+"""Frozen configs of the worker group: its shape and how each rank builds its pipeline.
 
 Everything here is plain data (picklable, no Ray, no xfuser) and is validated on construction, before any
 actor starts: an invalid value raises `ValueError` naming the value and what would be valid.
@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..bridge.schedule import Schedule
 
 BACKENDS = ("auto", "nccl", "gloo")
 STRATEGIES = ("STRICT_PACK", "PACK")
@@ -153,48 +152,3 @@ class PipelineFactory:
 
     def build(self):
         return self.resolve()(**self.kwargs)
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One generation, run collectively by every rank of a group.
-
-    Attributes:
-        prompt: the text prompt.
-        seed: seed of the initial noise (a CPU generator on every rank, so every rank starts from the same noise).
-        call_kwargs: further pipeline call arguments (height, width, num_frames, num_inference_steps,
-            guidance_scale, output_type, ...). `generator` is not allowed (use `seed`).
-        schedule: bridge schedule; None runs full compute.
-        adapters: adapter-set directory (or Hub id) for the bridge, read by every rank; None = uncalibrated.
-    """
-
-    prompt: str
-    seed: int = 0
-    call_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    schedule: Schedule | None = None
-    adapters: str | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.prompt, str):
-            raise ValueError(f"prompt must be a string, got {type(self.prompt).__name__}")
-        if not _is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if "generator" in self.call_kwargs or "prompt" in self.call_kwargs:
-            raise ValueError("call_kwargs must not hold 'generator' (use seed=) or 'prompt' (use prompt=)")
-        if self.schedule is not None and not isinstance(self.schedule, Schedule):
-            raise ValueError(f"schedule must be an lbdist Schedule or None, got {type(self.schedule).__name__}")
-        if self.adapters is not None and self.schedule is None:
-            raise ValueError("adapters were given without a schedule: pass the schedule they were calibrated for")
-        object.__setattr__(self, "call_kwargs", dict(self.call_kwargs))
-        if self.adapters is not None:
-            object.__setattr__(self, "adapters", os.fspath(self.adapters))
-
-
-@dataclass
-class GenerationResult:
-    """What rank 0 returns: the pipeline's output (CPU tensor, numpy array or PIL images), bridge counters,
-    and the seconds the pipeline call took on rank 0."""
-
-    output: Any
-    bridge_stats: dict
-    seconds: float

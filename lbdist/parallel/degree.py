@@ -36,25 +36,17 @@ def call_arg(pipe, call_kwargs: Mapping[str, Any], name: str):
 
 
 def token_count(pipe, family: str, call_kwargs: Mapping[str, Any]) -> int:
-    """Image/video tokens the transformer will see for these call arguments (the pipelines' own arithmetic)."""
-    config = pipe.transformer.config
+    """Image/video tokens the transformer will see for these call arguments (the family spec's arithmetic)."""
+    from ..generation.loading import pipe_factors
+    from ..models import get_spec_by_family
+
+    spec = get_spec_by_family(family)
+    factors = pipe_factors(pipe)
     height, width = call_arg(pipe, call_kwargs, "height"), call_arg(pipe, call_kwargs, "width")
-    if family == "flux":
-        scale = pipe.vae_scale_factor * 2
-        default = pipe.default_sample_size * pipe.vae_scale_factor
-        return (int(height or default) // scale) * (int(width or default) // scale)
-    frames = int(call_arg(pipe, call_kwargs, "num_frames"))
-    spatial, temporal = pipe.vae_scale_factor_spatial, pipe.vae_scale_factor_temporal
-    if family == "wan" and frames % temporal != 1:
-        frames = frames // temporal * temporal + 1  # WanPipeline rounds num_frames the same way
-    latent = ((frames - 1) // temporal + 1, int(height) // spatial, int(width) // spatial)
-    if family == "wan":
-        p_t, p_h, p_w = config["patch_size"]
-    elif family == "hunyuan_video":
-        p_t, p_h, p_w = config["patch_size_t"], config["patch_size"], config["patch_size"]
-    else:
-        raise DegreeError(f"unknown family {family!r}")
-    return (latent[0] // p_t) * (latent[1] // p_h) * (latent[2] // p_w)
+    if height is None or width is None:  # FLUX computes its default size in __call__
+        height = width = pipe.default_sample_size * factors[0]
+    frames = int(call_arg(pipe, call_kwargs, "num_frames") or 1) if spec.is_video else 1
+    return int(spec.latent_tokens(pipe.transformer.config, factors, int(height), int(width), frames))
 
 
 def check_tokens(family: str, tokens: int, degree: int, what: str = "") -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .config import GenerationRequest, GenerationResult, GroupBrokenError, PipelineFactory, WorkerDiedError, \
-    WorkerGroupConfig
+from ..generation.request import GenerationRequest, GenerationResult
+from .config import GroupBrokenError, PipelineFactory, WorkerDiedError, WorkerGroupConfig
 from .worker import SPWorker
 
 PEER_GRACE_S = 60.0  # after one rank raised, how long its peers may take to finish before the group is broken
@@ -99,7 +99,7 @@ class WorkerGroup:
             self._start_actors(ray, gpus, backend)
             self.gpus_per_worker, self.backend, self._broken = gpus, backend, None
             if self.factory is not None:
-                self.load(self.factory)
+                self.load(self.factory, getattr(self, "engine_options", None))
         except BaseException:
             self.shutdown()
             raise
@@ -123,12 +123,17 @@ class WorkerGroup:
                                                  cfg.ring_degree) for rank, a in enumerate(self.actors)],
                                  timeout=cfg.start_timeout_s)
 
-    def load(self, factory: PipelineFactory) -> dict:
-        """Have every rank build its pipeline from `factory` (replacing any loaded one); returns rank 0's info."""
+    def load(self, factory: PipelineFactory, engine_options: dict | None = None) -> dict:
+        """Have every rank build its pipeline and Engine from `factory` (replacing any loaded one); returns rank 0's
+        info (family, classes, and `info`, the `ModelInfo` requests are resolved against).
+
+        `engine_options`: keyword arguments of every rank's `Engine` (named adapter sets, cache limits).
+        """
         if not isinstance(factory, PipelineFactory):
             raise ValueError(f"factory must be a PipelineFactory, got {type(factory).__name__}")
         self.model = None  # ranks unload the old pipeline first; a failed load leaves none
-        infos = self._call("load", factory)
+        self.engine_options = dict(engine_options or {})
+        infos = self._call("load", factory, self.engine_options)
         sums = [info.pop("checksum") for info in infos]
         if self.config.verify_weights and any(abs(s - sums[0]) > 1e-6 * max(1.0, abs(sums[0])) for s in sums):
             raise RuntimeError(f"the ranks built different weights (parameter checksums {sums}): the pipeline "
@@ -175,31 +180,39 @@ class WorkerGroup:
         self.shutdown()
 
     # --- calls -----------------------------------------------------------------------------------------------
-    def generate(self, request: GenerationRequest | str, **kwargs) -> GenerationResult:
-        """Run one generation on every rank; returns rank 0's `GenerationResult`.
+    def generate(self, request: GenerationRequest | str, *, control=None, keep_latents: bool = False,
+                 **fields) -> GenerationResult:
+        """Run one request on every rank; returns rank 0's `GenerationResult`.
 
-        Pass a `GenerationRequest`, or a prompt with `seed=`, `schedule=`, `adapters=` and pipeline call
-        arguments as keywords: `group.generate("a red fox", seed=1, num_inference_steps=50, height=480)`.
+        Pass a `GenerationRequest`, or a prompt with request fields as keywords:
+        `group.generate("a red fox", seed=1, num_inference_steps=50, schedule="6")`. `control` is a
+        `GenerationControl` actor (progress and cancel; `lbdist.Generator` passes one).
         """
         if isinstance(request, str):
-            fields = {k: kwargs.pop(k) for k in ("seed", "schedule", "adapters") if k in kwargs}
-            request = GenerationRequest(request, call_kwargs=kwargs, **fields)
-        elif kwargs:
+            request = GenerationRequest(request, **fields)
+        elif fields:
             raise ValueError("pass either a GenerationRequest or a prompt with keywords, not both")
         if self.model is None:
             raise RuntimeError("no pipeline is loaded: give the group a factory, or call group.load(factory)")
-        return self._call("generate", request)[0]
+        return self._call("generate", request, control, keep_latents)[0]
+
+    def submit(self, method: str, *args) -> list:
+        """Start `method` on every rank without waiting; `collect(refs)` waits for the results (rank order)."""
+        if self._broken:
+            raise GroupBrokenError(f"the worker group is broken ({self._broken}); call restart() to rebuild it")
+        if not self.actors:
+            raise RuntimeError("the worker group is not started; call start() first")
+        return [getattr(a, method).remote(*args) for a in self.actors]
+
+    def collect(self, refs: list) -> list:
+        return self._gather(refs, self.config.call_timeout_s)
 
     def run(self, fn: Callable[..., Any], *args, **kwargs) -> list:
         """Call `fn(worker, *args, **kwargs)` on every rank (collectively); returns every rank's result."""
         return self._call("run", fn, args, kwargs)
 
     def _call(self, method: str, *args) -> list:
-        if self._broken:
-            raise GroupBrokenError(f"the worker group is broken ({self._broken}); call restart() to rebuild it")
-        if not self.actors:
-            raise RuntimeError("the worker group is not started; call start() first")
-        return self._gather([getattr(a, method).remote(*args) for a in self.actors], self.config.call_timeout_s)
+        return self.collect(self.submit(method, *args))
 
     def _gather(self, refs: list, timeout: float | None = None) -> list:
         """Results of one collective call in rank order; a dead rank or a stuck collective breaks the group."""

@@ -1,10 +1,12 @@
 """One rank of a worker group: a plain class that `WorkerGroup` runs as a Ray actor (one per GPU).
 
 A rank joins the torch.distributed group and xfuser's parallel state (`setup`), builds its own pipeline from a
-`PipelineFactory` and puts the transformer under xfuser's sequence-parallel wrapper (`load`), and runs each
-generation collectively with its peers (`generate`): every rank runs the same pipeline call on the same noise,
-the wrapper splits the tokens, and rank 0 returns the output. `run(fn, ...)` calls any picklable
-`fn(worker, ...)` on every rank (benchmarks and pair recording use it). Nothing here imports Ray.
+`PipelineFactory`, puts the transformer under xfuser's sequence-parallel wrapper and builds an `Engine` over it
+(`load`), and runs each request collectively with its peers (`generate`): every rank runs the same `Engine.run` on
+the same noise, the wrapper splits the tokens, and rank 0 returns the `GenerationResult`. Progress goes from rank 0
+to the driver through a small control actor; cancellation is read by rank 0 and broadcast, so every rank stops at
+the same step boundary. `run(fn, ...)` calls any picklable `fn(worker, ...)` on every rank (benchmarks and pair
+recording use it). Nothing here imports Ray at module import.
 
 The bridge is enabled on the *wrapped* transformer, so its hooks see and cache each rank's own shard of the final
 block's input; bridged steps come from the schedule, the same on every rank.
@@ -19,8 +21,9 @@ from typing import Any, Callable
 
 import torch
 
+from ..generation.request import GenerationRequest, GenerationResult
 from . import degree, xdit
-from .config import GenerationRequest, GenerationResult, PipelineFactory
+from .config import PipelineFactory
 
 
 def _free_port() -> int:
@@ -48,8 +51,8 @@ class SPWorker:
         self.sp_degree = 0
         self.device = torch.device("cpu")
         self.pipe = None
+        self.engine = None
         self.family: str | None = None
-        self._bridge_key: tuple | None = None
 
     # --- group formation ---------------------------------------------------------------------------------
     def node_address(self) -> tuple[str, int]:
@@ -82,12 +85,29 @@ class SPWorker:
         return info
 
     # --- pipeline ------------------------------------------------------------------------------------------
-    def load(self, factory: PipelineFactory) -> dict:
-        """Build this rank's pipeline, wrap its transformer for SP, and return what the driver checks."""
+    def load(self, factory: PipelineFactory, engine_options: dict | None = None) -> dict:
+        """Build this rank's pipeline, wrap its transformer for SP, build its Engine; return what the driver checks.
+
+        The factory may return a `LoadedPipeline` (`lbdist.generation.loading.load_pipeline`) or a bare pipeline;
+        a factory that takes `device` gets this rank's device.
+        """
+        import inspect
+
+        from ..generation.engine import Engine
+        from ..generation.loading import LoadedPipeline
         from ..models import get_spec
 
         self.unload()
-        pipe = factory.build()
+        target = factory.resolve()
+        kwargs = dict(factory.kwargs)
+        try:
+            if "device" in inspect.signature(target).parameters:
+                kwargs["device"] = str(self.device)
+        except (TypeError, ValueError):  # builtins / C callables have no signature
+            pass
+        built = target(**kwargs)
+        loaded = built if isinstance(built, LoadedPipeline) else None
+        pipe = loaded.pipe if loaded is not None else built
         transformer = getattr(pipe, "transformer", None)
         if transformer is None:
             raise ValueError(f"the pipeline factory returned {type(pipe).__name__}, which has no transformer")
@@ -96,11 +116,12 @@ class SPWorker:
         pipe.to(self.device)
         pipe.transformer = xdit.wrap_transformer(pipe.transformer)
         xdit.init_runtime(pipe, ulysses=self.ulysses, ring=self.ring)
-        if hasattr(pipe, "set_progress_bar_config"):
-            pipe.set_progress_bar_config(disable=True)
+        if loaded is None:
+            loaded = LoadedPipeline(pipe, spec.family, "", {})
         self.pipe, self.family = pipe, spec.family
+        self.engine = Engine(loaded, **(engine_options or {}))
         return {"family": spec.family, "transformer_class": type(pipe.transformer).__name__,
-                "pipeline_class": type(pipe).__name__, "checksum": self.checksum()}
+                "pipeline_class": type(pipe).__name__, "checksum": self.checksum(), "info": self.engine.info}
 
     def checksum(self) -> float:
         """Sum of every parameter of every pipeline component (ranks must hold identical weights)."""
@@ -112,45 +133,42 @@ class SPWorker:
         return float(total.item())
 
     def unload(self) -> None:
-        self.pipe, self.family, self._bridge_key = None, None, None
+        self.pipe, self.engine, self.family = None, None, None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _set_bridge(self, schedule, adapters: str | None) -> None:
-        from ..bridge import disable_bridge, enable_bridge, reset_bridge
-
-        key = None if schedule is None else (schedule, adapters)
-        if key != self._bridge_key:
-            disable_bridge(self.pipe)
-            if schedule is not None:
-                enable_bridge(self.pipe, schedule, adapters)
-            self._bridge_key = key
-        if key is not None:
-            reset_bridge(self.pipe)  # a previous call that failed mid-way may have left a cache behind
-
     # --- work ----------------------------------------------------------------------------------------------
-    def generate(self, request: GenerationRequest) -> GenerationResult | None:
-        """Run one pipeline call collectively; rank 0 returns the result, other ranks None."""
-        from ..bridge import bridge_stats
+    def generate(self, request: GenerationRequest, control=None, keep_latents: bool = False
+                 ) -> GenerationResult | None:
+        """Run one request collectively; rank 0 returns the result, other ranks None.
 
-        if self.pipe is None:
+        `control` (a `GenerationControl` actor handle, or None) receives rank 0's progress and holds the cancel flag.
+        """
+        if self.engine is None:
             raise RuntimeError("no pipeline loaded on this worker; call group.load(factory) first")
-        degree.check_call(self.pipe, self.family, request.call_kwargs, self.sp_degree)
-        self._set_bridge(request.schedule, request.adapters)
-        before = bridge_stats(self.pipe)
-        start = time.perf_counter()
-        out = self.pipe(prompt=request.prompt, generator=torch.Generator().manual_seed(request.seed),
-                        **request.call_kwargs)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
+        resolved = request.resolve(self.engine.info)
+        degree.check_call(self.pipe, self.family, resolved.call_kwargs(self.engine.info), self.sp_degree)
+        progress = cancel = None
+        if control is not None:
+            progress = (lambda done, total: control.progress.remote(done, total)) if self.rank == 0 else None
+            cancel = lambda: self._agree(control)  # noqa: E731
+        result = self.engine.run(resolved, progress=progress, cancel=cancel, keep_latents=keep_latents)
         if self.rank != 0:
             return None
-        after = bridge_stats(self.pipe)
-        stats = {k: v - before.get(k, 0) for k, v in after.items()}
-        output = out.frames if hasattr(out, "frames") else out.images
-        return GenerationResult(output=_cpu(output), bridge_stats=stats, seconds=seconds)
+        if result.latents is not None:
+            result.latents = result.latents.detach().cpu()
+        return result
+
+    def _agree(self, control) -> bool:
+        """Rank 0 reads the cancel flag; a broadcast makes every rank take the same decision at the same step."""
+        import ray
+
+        flag = torch.zeros(1, dtype=torch.int32, device=self.device)
+        if self.rank == 0:
+            flag[0] = int(bool(ray.get(control.cancelled.remote())))
+        torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def run(self, fn: Callable[..., Any], args: tuple = (), kwargs: dict | None = None) -> Any:
         """Call `fn(self, *args, **kwargs)` on this rank (the group calls it on every rank)."""

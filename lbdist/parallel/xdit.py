@@ -9,10 +9,8 @@ Everything lbdist does with xfuser goes through the functions here, called insid
     ... pipe(...) / transformer(...) collectively on every rank ...
     destroy_parallel()
 
-xfuser's wrappers subclass the diffusers transformers (`xFuserWanTransformer3DWrapper`,
-`xFuserHunyuanVideoTransformer3DWrapper`, and for FLUX `xFuserFlux1Transformer2DWrapper`, the subclass; xfuser's
-`xFuserFluxTransformer2DWrapper` is a PipeFusion composition wrapper that is not a `FluxTransformer2DModel`) and
-keep diffusers' block loop, so `lbdist.models.get_spec` finds the spec and the bridge hooks see each rank's shard.
+xfuser's wrappers subclass the diffusers transformers (each family's spec names its wrapper, `ModelSpec.xfuser_wrapper`)
+and keep diffusers' block loop, so `lbdist.models.get_spec` finds the spec and the bridge hooks see each rank's shard.
 
 CPU compatibility (`apply_cpu_compat`): xfuser 0.7 targets accelerators. With no CUDA it (1) refuses to import
 (`xfuser.envs.get_device_version` raises "No Accelerators", read at import through `CUDA_VERSION`), (2) picks no
@@ -35,14 +33,6 @@ import types
 import torch
 
 INSTALL_HINT = "pip install 'lbdist[sp]'"
-
-# lbdist family -> xfuser wrapper class (module, name)
-WRAPPERS = {
-    "wan": ("xfuser.model_executor.models.transformers.transformer_wan", "xFuserWanTransformer3DWrapper"),
-    "hunyuan_video": ("xfuser.model_executor.models.transformers.transformer_hunyuan_video",
-                      "xFuserHunyuanVideoTransformer3DWrapper"),
-    "flux": ("xfuser.model_executor.models.transformers.transformer_flux", "xFuserFlux1Transformer2DWrapper"),
-}
 
 _ENVS = "xfuser.envs"
 _USP = "xfuser.model_executor.layers.usp"
@@ -229,10 +219,15 @@ def init_runtime(pipe_or_transformer, *, ulysses: int, ring: int, attention_back
 
 # --- wrappers ----------------------------------------------------------------------------------------------
 def wrapper_class(family: str) -> type:
+    """xfuser's sequence-parallel subclass of the family's transformer (named by the family's model spec)."""
+    from ..models import families, get_spec_by_family
+
     load_xfuser()
-    if family not in WRAPPERS:
-        raise ValueError(f"no xfuser sequence-parallel wrapper for family {family!r}; supported: {sorted(WRAPPERS)}")
-    module, name = WRAPPERS[family]
+    wrapper = get_spec_by_family(family).xfuser_wrapper
+    if wrapper is None:
+        supported = [f for f in families() if get_spec_by_family(f).xfuser_wrapper is not None]
+        raise ValueError(f"no xfuser sequence-parallel wrapper for family {family!r}; families with one: {supported}")
+    module, name = wrapper
     return getattr(importlib.import_module(module), name)
 
 

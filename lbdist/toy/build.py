@@ -1,57 +1,35 @@
-"""Small diffusers pipelines of each supported family, built in code from the real classes.
+"""Small pipelines of each family at named sizes: the test fixtures ("tiny") and the bundled toys ("toy").
 
-`build_pipeline(family, size)` returns a `WanPipeline`, `HunyuanVideoPipeline` or `FluxPipeline` whose
-transformer, VAE and text encoders are the real diffusers / transformers classes at small sizes, with a
-word-level tokenizer (`tokenizer.py`) and random weights from a fixed seed. `size="tiny"` is for unit
-tests (a CPU generation takes well under a second). `size="toy"` is the architecture of the bundled toy
-models (`tools/train_toy.py`, `lbdist/toy/weights/`): at least 8 transformer blocks, a 4x spatial / 4x
-temporal VAE, 64x64 px; `VAE_CONFIGS` and `SCHEDULER_CONFIGS` hold its VAE and scheduler, and sizes absent
-there keep the builders' tiny defaults. `CALL_DEFAULTS[family]` holds the call arguments that fit these
-pipelines (resolution, frames, text length).
+`build_pipeline(family, size)` returns the family's real pipeline class (`WanPipeline`, `HunyuanVideoPipeline`,
+`FluxPipeline`, or any registered family) built by its model spec's `build_pipeline` from the real diffusers /
+transformers classes at small sizes, with a word-level tokenizer (`tokenizer.py`) and random weights from a fixed
+seed. `size="tiny"` is the spec's own test size (a CPU generation takes well under a second). `size="toy"` is the
+architecture of the bundled toy models (`tools/train_toy.py`, `lbdist/toy/weights/`): at least 8 transformer
+blocks, a 4x spatial / 4x temporal VAE, 64x64 px; `VAE_CONFIGS` and `SCHEDULER_CONFIGS` hold its VAE and
+scheduler, and sizes absent there keep the spec builders' small defaults. `call_defaults(family, size)` holds the
+call arguments that fit these pipelines (resolution, frames, text length).
 """
 from __future__ import annotations
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    AutoencoderKLHunyuanVideo,
-    AutoencoderKLWan,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    HunyuanVideoPipeline,
-    HunyuanVideoTransformer3DModel,
-    WanPipeline,
-    WanTransformer3DModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, T5Config, T5EncoderModel
 
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, word_tokenizer
+from ..models import get_spec_by_family
 
-FAMILIES = ("wan", "hunyuan_video", "flux")
+FAMILIES = ("wan", "hunyuan_video", "flux")  # the families with bundled toys
 
-# Transformer configs by family and size. "tiny": unit tests. Other sizes may be added by callers.
+# Transformer configs by family and size ("tiny" comes from each model spec). Callers may add sizes.
 TRANSFORMER_CONFIGS = {
     "wan": {
-        "tiny": dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
-                     out_channels=16, text_dim=32, freq_dim=32, ffn_dim=48, num_layers=4, cross_attn_norm=True,
-                     qk_norm="rms_norm_across_heads", rope_max_seq_len=32),
         "toy": dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
                     out_channels=16, text_dim=64, freq_dim=64, ffn_dim=256, num_layers=8, cross_attn_norm=True,
                     qk_norm="rms_norm_across_heads", rope_max_seq_len=64),
     },
     "hunyuan_video": {
-        "tiny": dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=2,
-                     num_single_layers=2, num_refiner_layers=1, patch_size=1, patch_size_t=1,
-                     guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4)),
         "toy": dict(in_channels=16, out_channels=16, num_attention_heads=4, attention_head_dim=32, num_layers=3,
                     num_single_layers=5, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1,
                     guidance_embeds=True, text_embed_dim=64, pooled_projection_dim=32, rope_axes_dim=(8, 12, 12)),
     },
     "flux": {
-        "tiny": dict(patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=16,
-                     num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-                     axes_dims_rope=[4, 4, 8]),
         "toy": dict(patch_size=1, in_channels=32, num_layers=3, num_single_layers=5, attention_head_dim=32,
                     num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=32,
                     axes_dims_rope=[8, 12, 12], guidance_embeds=True),
@@ -89,12 +67,7 @@ SCHEDULER_CONFIGS = {
                          base_image_seq_len=256, max_image_seq_len=4096)},
 }
 
-CALL_DEFAULTS = {
-    "wan": {"tiny": dict(height=16, width=16, num_frames=5, guidance_scale=4.0, max_sequence_length=12)},
-    "hunyuan_video": {"tiny": dict(height=16, width=16, num_frames=5, guidance_scale=4.5, max_sequence_length=12,
-                                   prompt_template={"template": "{}", "crop_start": 0})},
-    "flux": {"tiny": dict(height=16, width=16, guidance_scale=3.5, max_sequence_length=12)},
-}
+CALL_DEFAULTS = {family: {} for family in FAMILIES}
 # "toy": the bundled models' call arguments (also written to each bundle's lbdist_defaults.json).
 CALL_DEFAULTS["wan"]["toy"] = dict(height=64, width=64, num_frames=9, num_inference_steps=50, guidance_scale=4.0,
                                    max_sequence_length=16)
@@ -105,88 +78,24 @@ CALL_DEFAULTS["flux"]["toy"] = dict(height=64, width=64, num_inference_steps=50,
                                     max_sequence_length=16)
 
 
-def _t5(vocab_size: int, d_model: int, layers: int = 2) -> T5EncoderModel:
-    config = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=max(d_model // 4, 4), d_ff=2 * d_model,
-                      num_layers=layers, num_heads=4, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
-                      decoder_start_token_id=PAD_ID, relative_attention_num_buckets=8)
-    return T5EncoderModel(config)
-
-
-def _clip(vocab_size: int, hidden: int, projection: int, layers: int = 2) -> CLIPTextModel:
-    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                            num_attention_heads=4, num_hidden_layers=layers, projection_dim=projection,
-                            max_position_embeddings=77, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
-                            bos_token_id=BOS_ID, hidden_act="gelu")
-    return CLIPTextModel(config)
-
-
-def build_wan(config: dict, words=(), seed: int = 0, text_layers: int = 2, vae_config: dict | None = None,
-              scheduler_config: dict | None = None) -> WanPipeline:
-    tokenizer = word_tokenizer(words)
-    torch.manual_seed(seed)
-    vae_config = vae_config or dict(base_dim=3, z_dim=config["in_channels"], dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                                    temperal_downsample=[False, True, True])
-    vae = AutoencoderKLWan(**vae_config)
-    text_encoder = _t5(len(tokenizer), config["text_dim"], text_layers)
-    transformer = WanTransformer3DModel(**config)
-    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
-                       scheduler=FlowMatchEulerDiscreteScheduler(**(scheduler_config or dict(shift=3.0))))
-
-
-def build_hunyuan_video(config: dict, words=(), seed: int = 0, text_layers: int = 2, vae_config: dict | None = None,
-                        scheduler_config: dict | None = None) -> HunyuanVideoPipeline:
-    tokenizer = word_tokenizer(words)
-    tokenizer_2 = word_tokenizer(words, model_max_length=77)
-    torch.manual_seed(seed)
-    vae = AutoencoderKLHunyuanVideo(**(vae_config or dict(
-        in_channels=3, out_channels=3, latent_channels=config["in_channels"],
-        down_block_types=("HunyuanVideoDownBlock3D",) * 4, up_block_types=("HunyuanVideoUpBlock3D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, act_fn="silu", norm_num_groups=4,
-        scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4,
-        mid_block_add_attention=True)))
-    llama = LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=config["text_embed_dim"],
-                                   intermediate_size=2 * config["text_embed_dim"], num_attention_heads=4,
-                                   num_key_value_heads=4, num_hidden_layers=text_layers + 1,
-                                   pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID))
-    clip = _clip(len(tokenizer_2), max(config["pooled_projection_dim"], 8), config["pooled_projection_dim"])
-    transformer = HunyuanVideoTransformer3DModel(**config)
-    return HunyuanVideoPipeline(text_encoder=llama, tokenizer=tokenizer, transformer=transformer, vae=vae,
-                                scheduler=FlowMatchEulerDiscreteScheduler(**(scheduler_config or dict(shift=7.0))),
-                                text_encoder_2=clip,
-                                tokenizer_2=tokenizer_2)
-
-
-def build_flux(config: dict, words=(), seed: int = 0, text_layers: int = 2, vae_config: dict | None = None,
-               scheduler_config: dict | None = None) -> FluxPipeline:
-    tokenizer = word_tokenizer(words, model_max_length=16)
-    tokenizer_2 = word_tokenizer(words)
-    torch.manual_seed(seed)
-    latent_channels = config["in_channels"] // 4
-    vae = AutoencoderKL(**(vae_config or dict(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-        latent_channels=latent_channels, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035)))
-    clip = _clip(len(tokenizer), config["pooled_projection_dim"], config["pooled_projection_dim"], text_layers)
-    t5 = _t5(len(tokenizer_2), config["joint_attention_dim"], text_layers)
-    transformer = FluxTransformer2DModel(**config)
-    scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or {}))
-    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tokenizer,
-                        text_encoder_2=t5, tokenizer_2=tokenizer_2, transformer=transformer)
-
-
-_BUILDERS = {"wan": build_wan, "hunyuan_video": build_hunyuan_video, "flux": build_flux}
+def call_defaults(family: str, size: str = "tiny") -> dict:
+    """Pipeline call arguments that fit `build_pipeline(family, size)` (tiny: the model spec's own)."""
+    if size == "tiny":
+        return dict(get_spec_by_family(family).tiny_call)
+    if size not in CALL_DEFAULTS.get(family, {}):
+        raise ValueError(f"no call defaults for {family} at size {size!r}; known: tiny, {sorted(CALL_DEFAULTS.get(family, {}))}")
+    return dict(CALL_DEFAULTS[family][size])
 
 
 def build_pipeline(family: str, size: str = "tiny", words=(), seed: int = 0, **overrides):
     """A small pipeline of `family` at a named size; `overrides` change transformer config fields."""
-    if family not in _BUILDERS:
-        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    sizes = TRANSFORMER_CONFIGS[family]
+    spec = get_spec_by_family(family)
+    sizes = {"tiny": dict(spec.tiny_config), **TRANSFORMER_CONFIGS.get(family, {})}
     if size not in sizes:
         raise ValueError(f"unknown size {size!r} for {family}; known sizes: {sorted(sizes)}")
-    pipe = _BUILDERS[family]({**sizes[size], **overrides}, words=words, seed=seed,
-                             vae_config=VAE_CONFIGS[family].get(size),
-                             scheduler_config=SCHEDULER_CONFIGS[family].get(size))
+    pipe = spec.build_pipeline({**sizes[size], **overrides}, words=words, seed=seed,
+                               vae_config=VAE_CONFIGS.get(family, {}).get(size),
+                               scheduler_config=SCHEDULER_CONFIGS.get(family, {}).get(size))
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()  # modules built in code start in training mode (T5 dropout)

@@ -1,19 +1,14 @@
-"""Per-family glue for training toy pipelines: pixels <-> normalised latents, prompts -> conditioning, and
-the transformer call, each exactly as the family's diffusers pipeline does it at sampling time.
+"""Flow-matching training of toy pipelines, exactly as the family's diffusers pipeline samples.
 
-Training must see what sampling feeds the model, so every piece here mirrors a line of the pipeline:
-- latents: `WanPipeline` decodes `z * latents_std + latents_mean` (per channel); `HunyuanVideoPipeline`
-  decodes `z / scaling_factor`; `FluxPipeline` decodes `z / scaling_factor + shift_factor` (after unpacking
-  2x2 patches). `set_latent_stats` writes the trained VAE's latent statistics into those config fields, so the
-  transformer works on latents of zero mean and unit variance.
-- conditioning: the pipeline's own `encode_prompt` (frozen text encoders), computed once per prompt.
-- transformer call: keyword arguments and time scaling of the pipeline's denoising loop (Wan and
-  HunyuanVideo get `timestep = 1000 sigma`, FLUX `sigma` and multiplies by 1000 inside; HunyuanVideo's
-  guidance is `1000 g`, FLUX's `g`).
+Training must see what sampling feeds the model. The family-specific pieces (latent normalisation, prompt
+encoding, the transformer call with its time and guidance scaling) live in each model spec's `toy` glue
+(`lbdist/models/<family>.py`); this module dispatches to them and holds what all families share:
+- the VAE loss of the toy autoencoders (`vae_loss`, with the latent anchor `anchor_target`);
 - noise levels: `FlowMatchEulerDiscreteScheduler` samples on a uniform grid mapped through
   `sigma = s u / (1 + (s - 1) u)` (s = `shift`, or `exp(mu)` with FLUX's resolution-dependent shift);
   `effective_shift` returns s, and training draws u uniformly and maps it the same way, so training spends
-  its steps where sampling does.
+  its steps where sampling does;
+- the rectified-flow loss (`flow_loss`).
 """
 from __future__ import annotations
 
@@ -22,17 +17,22 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..models import spec_for_pipeline
+
 
 def family_of(pipe) -> str:
-    name = type(pipe).__name__
-    families = {"WanPipeline": "wan", "HunyuanVideoPipeline": "hunyuan_video", "FluxPipeline": "flux"}
-    if name not in families:
-        raise ValueError(f"{name} is not a toy pipeline class; expected one of {sorted(families)}")
-    return families[name]
+    return spec_for_pipeline(pipe).family
+
+
+def _glue(pipe):
+    spec = spec_for_pipeline(pipe)
+    if spec.toy is None:
+        raise ValueError(f"the {spec.family} model spec has no toy glue (ModelSpec.toy): it cannot be trained as a toy")
+    return spec.toy
 
 
 def is_video(pipe) -> bool:
-    return family_of(pipe) != "flux"
+    return spec_for_pipeline(pipe).is_video
 
 
 def _latent_dist(pipe, pixels: torch.Tensor):
@@ -42,12 +42,7 @@ def _latent_dist(pipe, pixels: torch.Tensor):
 
 def compression(pipe) -> tuple[int, int]:
     """(spatial, temporal) compression factors of the pipeline's VAE (temporal 1 for images)."""
-    vae, family = pipe.vae, family_of(pipe)
-    if family == "wan":
-        return int(vae.config.scale_factor_spatial), int(vae.config.scale_factor_temporal)
-    if family == "hunyuan_video":
-        return int(vae.config.spatial_compression_ratio), int(vae.config.temporal_compression_ratio)
-    return 2 ** (len(vae.config.block_out_channels) - 1), 1
+    return _glue(pipe).compression(pipe)
 
 
 def anchor_target(pixels: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
@@ -104,53 +99,17 @@ def raw_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
 
 def set_latent_stats(pipe, z: torch.Tensor) -> dict:
     """Write the statistics of raw latents `z` into the VAE config fields the pipeline decodes with."""
-    family = family_of(pipe)
-    z = z.float()
-    if family == "wan":
-        dims = [d for d in range(z.ndim) if d != 1]
-        mean = z.mean(dim=dims).tolist()
-        std = z.std(dim=dims).clamp_min(1e-3).tolist()
-        pipe.vae.register_to_config(latents_mean=mean, latents_std=std)
-        return {"latents_mean": mean, "latents_std": std}
-    if family == "hunyuan_video":
-        scaling = float(1.0 / z.std().clamp_min(1e-3))  # no shift field: decode is z / scaling_factor
-        pipe.vae.register_to_config(scaling_factor=scaling)
-        return {"scaling_factor": scaling}
-    shift = float(z.mean())
-    scaling = float(1.0 / (z - shift).std().clamp_min(1e-3))
-    pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
-    return {"shift_factor": shift, "scaling_factor": scaling}
+    return _glue(pipe).set_latent_stats(pipe, z)
 
 
 def normalise(pipe, z: torch.Tensor) -> torch.Tensor:
     """Raw latents -> the space the transformer samples in (inverse of the pipeline's decode scaling)."""
-    family, cfg = family_of(pipe), pipe.vae.config
-    if family == "wan":
-        shape = (1, -1) + (1,) * (z.ndim - 2)
-        mean = torch.tensor(cfg.latents_mean, device=z.device, dtype=z.dtype).view(shape)
-        std = torch.tensor(cfg.latents_std, device=z.device, dtype=z.dtype).view(shape)
-        return (z - mean) / std
-    if family == "hunyuan_video":
-        return z * cfg.scaling_factor
-    return (z - cfg.shift_factor) * cfg.scaling_factor
+    return _glue(pipe).normalise(pipe, z)
 
 
 def encode_text(pipe, prompts: list[str], max_sequence_length: int, prompt_template=None) -> dict:
     """Per-prompt conditioning tensors (batch first), from the pipeline's own `encode_prompt`."""
-    family = family_of(pipe)
-    device = pipe.transformer.device
-    with torch.no_grad():
-        if family == "wan":
-            emb, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
-                                        max_sequence_length=max_sequence_length, device=device)
-            return {"emb": emb}
-        if family == "hunyuan_video":
-            emb, pooled, mask = pipe.encode_prompt(prompts, prompt_template=prompt_template,
-                                                   max_sequence_length=max_sequence_length, device=device)
-            return {"emb": emb, "pooled": pooled, "mask": mask}
-        emb, pooled, text_ids = pipe.encode_prompt(prompts, prompt_2=None, max_sequence_length=max_sequence_length,
-                                                   device=device)
-        return {"emb": emb, "pooled": pooled, "text_ids": text_ids}
+    return _glue(pipe).encode_text(pipe, prompts, max_sequence_length, prompt_template)
 
 
 def index_cond(cond: dict, idx: torch.Tensor) -> dict:
@@ -181,29 +140,7 @@ def sample_sigmas(n: int, shift: float, generator: torch.Generator, device) -> t
 
 def predict(pipe, noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, guidance: float) -> torch.Tensor:
     """The transformer's velocity for unpacked latents `noisy` at noise levels `sigma` (shape `(B,)`)."""
-    family, transformer = family_of(pipe), pipe.transformer
-    b = noisy.shape[0]
-    if family == "wan":
-        return transformer(hidden_states=noisy, timestep=sigma * 1000.0, encoder_hidden_states=cond["emb"],
-                           return_dict=False)[0]
-    if family == "hunyuan_video":
-        g = torch.full((b,), guidance * 1000.0, device=noisy.device, dtype=noisy.dtype)
-        return transformer(hidden_states=noisy, timestep=sigma * 1000.0, encoder_hidden_states=cond["emb"],
-                           encoder_attention_mask=cond["mask"], pooled_projections=cond["pooled"], guidance=g,
-                           return_dict=False)[0]
-    from diffusers import FluxPipeline
-
-    c, h, w = noisy.shape[1:]
-    packed = FluxPipeline._pack_latents(noisy, b, c, h, w)
-    img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, noisy.device, noisy.dtype)
-    g = torch.full((b,), guidance, device=noisy.device, dtype=torch.float32) \
-        if transformer.config.guidance_embeds else None
-    out = transformer(hidden_states=packed, timestep=sigma, guidance=g, pooled_projections=cond["pooled"],
-                      encoder_hidden_states=cond["emb"], txt_ids=cond["text_ids"], img_ids=img_ids,
-                      return_dict=False)[0]
-    # unpack (B, hw/4, 4c) -> (B, c, h, w), the inverse of _pack_latents
-    out = out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
-    return out.reshape(b, c, h, w)
+    return _glue(pipe).predict(pipe, noisy, sigma, cond, guidance)
 
 
 def flow_loss(pipe, x0: torch.Tensor, cond: dict, shift: float, guidance: float,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import add_model_args, set_threads
+
 
 def read_prompts(path: str) -> list[str]:
     p = Path(path)
@@ -18,21 +20,25 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..bridge import Schedule
-    from ..generate import call_arguments
-    from ..pipelines import load_pipeline
-    from . import RecordConfig, TrainConfig, record_pairs, train_adapters
+def run(args: argparse.Namespace) -> int:
+    from ..calibrate import RecordConfig, TrainConfig, record_pairs, train_adapters
+    from ..generation.request import GenerationRequest
 
     prompts = read_prompts(args.prompts)
     train = TrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, max_epochs=args.epochs,
                         holdout_prompts=args.holdout, patience=args.patience, eval_every=args.eval_every,
                         seed=args.seed)
+    shape = GenerationRequest(prompts[0], height=args.height, width=args.width, num_frames=args.frames,
+                              num_inference_steps=args.steps, guidance_scale=args.guidance, schedule=args.schedule)
+    if args.seeds and len(args.seeds) != len(prompts):
+        raise ValueError(f"--seeds: {len(args.seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
+    set_threads()
+    from ..generation.loading import load_pipeline
+
     loaded = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-    steps = args.steps if args.steps is not None else loaded.call_defaults.get("num_inference_steps", 50)
-    schedule = Schedule.parse(args.schedule, steps)
-    call = call_arguments(loaded, steps, dict(height=args.height, width=args.width, num_frames=args.frames,
-                                              guidance_scale=args.guidance))
+    shape = shape.resolve(loaded.info)
+    schedule, steps = shape.bridge_schedule(), shape.num_inference_steps
+    call = shape.call_kwargs(loaded.info)
     call.pop("num_inference_steps")
     record = RecordConfig(prompts=tuple(prompts), seeds=tuple(args.seeds or ()), call_kwargs=call)
     out = Path(args.out)
@@ -48,7 +54,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub, add_model_args) -> None:
+def register(sub) -> None:
     c = sub.add_parser("calibrate", help="record bridge pairs and train one LoRA per bridge")
     add_model_args(c)
     c.add_argument("--prompts", required=True, help="text file, one calibration prompt per line (3-5)")
@@ -70,4 +76,4 @@ def register(sub, add_model_args) -> None:
     c.add_argument("--width", type=int, default=None)
     c.add_argument("--frames", type=int, default=None)
     c.add_argument("--guidance", type=float, default=None)
-    c.set_defaults(func=cmd_calibrate)
+    c.set_defaults(func=run)

@@ -1,0 +1,59 @@
+"""`BridgeConfig`: what `apply_bridge` needs to know, in one frozen, validated object."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Union
+
+from .adapter_set import AdapterSet
+from .schedule import Schedule
+
+AdapterRef = Union[AdapterSet, str, os.PathLike, None]
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """How a transformer is bridged.
+
+    Attributes:
+        schedule: which steps run in full (`Schedule.periodic(num_steps, N)`, `Schedule.explicit`, or
+            `Schedule.parse("periodic:6:w=2", steps)`); every other step is bridged to the latest full step.
+            A larger interval N is faster (about N full steps saved per N) and drifts more.
+        adapters: the calibrated adapter set: an `AdapterSet`, a directory, an fsspec URI or a Hub repo id
+            holding one; None runs the bridge uncalibrated (plain reuse of the cached final-block input), a
+            baseline of its own. The set must have been calibrated for this model and schedule.
+        adapter_id: the key under which the set stays resident (default: the reference text, or the object's
+            identity for an `AdapterSet`). Two requests with the same id reuse the injected adapters.
+        allow_uncovered: accept an adapter set that covers only some bridged steps (the others run
+            uncalibrated, and the generation summary says which); default False refuses such a set.
+    """
+
+    schedule: Schedule
+    adapters: AdapterRef = None
+    adapter_id: str | None = None
+    allow_uncovered: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.schedule, Schedule):
+            raise ValueError(f"BridgeConfig.schedule must be an lbdist Schedule (Schedule.periodic / .explicit / "
+                             f".parse), got {type(self.schedule).__name__}")
+        if self.adapters is not None and not isinstance(self.adapters, (AdapterSet, str, os.PathLike)):
+            raise ValueError(f"BridgeConfig.adapters must be an AdapterSet, a path, a URI, a Hub id or None, "
+                             f"got {type(self.adapters).__name__}")
+        if isinstance(self.adapters, str) and not self.adapters.strip():
+            raise ValueError("BridgeConfig.adapters is an empty string; pass None for the uncalibrated bridge")
+        if self.adapter_id is not None and (not isinstance(self.adapter_id, str) or not self.adapter_id):
+            raise ValueError(f"BridgeConfig.adapter_id must be a non-empty string or None, got {self.adapter_id!r}")
+        if not isinstance(self.allow_uncovered, bool):
+            raise ValueError(f"BridgeConfig.allow_uncovered must be True or False, got {self.allow_uncovered!r}")
+
+    @property
+    def key(self) -> str | None:
+        """The residency key of the adapter set (None for the uncalibrated bridge)."""
+        if self.adapters is None:
+            return None
+        if self.adapter_id is not None:
+            return self.adapter_id
+        if isinstance(self.adapters, AdapterSet):
+            return f"object:{id(self.adapters)}"
+        return os.fspath(self.adapters)

@@ -1,0 +1,199 @@
+"""`Generator`: the one engine every front end calls, on one device or over a sequence-parallel worker group.
+
+    from lbdist import Generator, GeneratorConfig, GenerationRequest
+
+    gen = Generator("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", GeneratorConfig(adapters={"wan-n5": "adapters/wan-n5"}))
+    result = gen.generate(GenerationRequest("a cat surfing", schedule="5", adapters="wan-n5"),
+                          progress=lambda done, total: print(done, "/", total))
+    result.frames, result.timings, result.calls, result.steps
+
+With `GeneratorConfig(sp_degree=N)` the model is loaded on N Ray actors (one GPU each, xfuser Ulysses x ring)
+that run every request together; progress comes back from rank 0 and a cancel request stops every rank at the
+same step boundary. The CLI, the demo, the benchmarks, Serve replicas, batch rendering and the cluster jobs all
+generate through this class.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..bridge.resident import CacheLimits
+from .request import GenerationRequest, GenerationResult, ModelInfo
+
+POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Where and how a `Generator` runs.
+
+    Attributes:
+        device: "auto" (cuda if present), "cpu", "cuda", "cuda:N": the device of a one-process generator.
+        dtype: "auto" (bf16 on GPU, fp32 on CPU), "bfloat16", "float16", "float32".
+        sp_degree: ranks (GPUs) of the sequence-parallel worker group; 1 runs in this process.
+        ulysses_degree, ring_degree: split of sp_degree (default all Ulysses: fastest inside a node, needs the head
+            count divisible by it); `ulysses * ring == sp_degree`.
+        adapters: adapter-set names -> references (directory, fsspec URI, Hub id) that requests may name.
+        cache: how many adapter sets (or bytes) stay resident per rank (LRU).
+        threads: torch CPU threads of this process (None: leave torch's setting; see lbdist.runtime).
+        worker: extra `WorkerGroupConfig` fields for sp_degree > 1 (gpus_per_worker, backend, cpus_per_worker,
+            call_timeout_s, ...).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    sp_degree: int = 1
+    ulysses_degree: int | None = None
+    ring_degree: int = 1
+    adapters: Mapping[str, str] = field(default_factory=dict)
+    cache: CacheLimits = field(default_factory=CacheLimits)
+    threads: int | None = None
+    worker: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if type(self.sp_degree) is not int or self.sp_degree < 1:
+            raise ValueError(f"sp_degree must be an integer >= 1, got {self.sp_degree!r}")
+        if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 or None, got {self.threads!r}")
+        if not isinstance(self.cache, CacheLimits):
+            raise ValueError(f"cache must be a CacheLimits, got {type(self.cache).__name__}")
+        bad = {k: v for k, v in dict(self.adapters).items() if not (isinstance(k, str) and isinstance(v, str) and k and v)}
+        if bad:
+            raise ValueError(f"adapters must map names to references (non-empty strings), got {bad}")
+        object.__setattr__(self, "adapters", dict(self.adapters))
+        object.__setattr__(self, "worker", dict(self.worker))
+        if self.sp_degree > 1:
+            self.group_config()  # degree arithmetic errors before anything starts
+
+    def group_config(self):
+        from ..parallel.config import WorkerGroupConfig
+
+        return WorkerGroupConfig(num_workers=self.sp_degree, ulysses_degree=self.ulysses_degree,
+                                 ring_degree=self.ring_degree, **self.worker)
+
+
+class Generator:
+    """Runs `GenerationRequest`s on one model: in this process, or over a worker group (`sp_degree > 1`).
+
+    Args:
+        model: a model reference (`tiny:wan`, `toy:flux`, a folder, a Hub id), a loaded pipeline
+            (`load_pipeline(...)` or a bare diffusers pipeline; one process only) or a `PipelineFactory`.
+        config: `GeneratorConfig`.
+    """
+
+    def __init__(self, model, config: GeneratorConfig | None = None):
+        self.config = config = config or GeneratorConfig()
+        if not isinstance(config, GeneratorConfig):
+            raise ValueError(f"config must be a GeneratorConfig, got {type(config).__name__}")
+        self.engine = None
+        self.group = None
+        if config.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        options = {"adapters": config.adapters, "cache_limits": config.cache}
+        if config.sp_degree == 1:
+            from .engine import Engine
+            from .loading import load_pipeline
+
+            loaded = load_pipeline(model, config.device, config.dtype) if isinstance(model, str) else _unfactory(model)
+            self.engine = Engine(loaded, **options)
+            self.info: ModelInfo = self.engine.info
+        else:
+            from ..parallel import WorkerGroup
+
+            self.group = WorkerGroup(config.group_config())
+            self.group.start()
+            try:
+                self.info = self.group.load(_factory(model, config), options)["info"]
+            except BaseException:
+                self.group.shutdown()
+                raise
+
+    @property
+    def pipe(self):
+        """The pipeline of a one-process generator (benchmarks attach counters to it)."""
+        if self.engine is None:
+            raise ValueError("a worker-group generator has no pipeline in this process; its ranks hold it")
+        return self.engine.pipe
+
+    def generate(self, request: GenerationRequest | str, *, progress=None, cancel=None, keep_latents: bool = False,
+                 **fields) -> GenerationResult:
+        """Generate one request (or a prompt with request fields as keywords).
+
+        progress: called as `progress(steps_done, total_steps)` after each step (from this process's thread).
+        cancel: called between steps; returning True stops the generation at that step boundary on every rank
+            and raises `GenerationCancelled`.
+        """
+        if isinstance(request, str):
+            request = GenerationRequest(request, **fields)
+        elif fields:
+            raise ValueError("pass either a GenerationRequest or a prompt with request fields, not both")
+        request = request.resolve(self.info)
+        if self.engine is not None:
+            return self.engine.run(request, progress=progress, cancel=cancel, keep_latents=keep_latents)
+        return self._group_generate(request, progress, cancel, keep_latents)
+
+    def _group_generate(self, request, progress, cancel, keep_latents) -> GenerationResult:
+        import ray
+
+        from ..parallel.control import GenerationControl
+
+        control = ray.remote(num_cpus=0)(GenerationControl).remote()
+        try:
+            asked = cancel is not None and cancel()  # cancelled before it started: stops at the first boundary
+            if asked:
+                ray.get(control.cancel.remote())
+            refs = self.group.submit("generate", request, control, keep_latents)
+            seen = 0
+            while True:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=POLL_S)
+                done, total, _ = ray.get(control.status.remote())
+                if progress is not None and done > seen:
+                    for step in range(seen + 1, done + 1):
+                        progress(step, total)
+                    seen = done
+                if cancel is not None and not asked and cancel():
+                    ray.get(control.cancel.remote())
+                    asked = True
+                if len(ready) == len(refs):
+                    break
+            return self.group.collect(refs)[0]
+        finally:
+            ray.kill(control)
+
+    def close(self) -> None:
+        """Stop the worker group (if any) and free its GPUs; a one-process generator drops its pipeline."""
+        if self.group is not None:
+            self.group.shutdown()
+            self.group = None
+        self.engine = None
+
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _unfactory(model):
+    from ..parallel.config import PipelineFactory
+    from .loading import LoadedPipeline
+
+    if isinstance(model, PipelineFactory):
+        model = model.build()
+    if isinstance(model, LoadedPipeline) or hasattr(model, "transformer"):
+        return model
+    raise ValueError(f"model must be a reference string, a loaded pipeline or a PipelineFactory, got {type(model).__name__}")
+
+
+def _factory(model, config: GeneratorConfig):
+    from ..parallel.config import PipelineFactory
+
+    if isinstance(model, PipelineFactory):
+        return model
+    if isinstance(model, str):
+        return PipelineFactory("lbdist.generation.loading:load_pipeline", {"source": model, "dtype": config.dtype})
+    raise ValueError("a worker-group Generator (sp_degree > 1) needs a model reference string or a PipelineFactory, so "
+                     f"that every rank can build the model itself; got {type(model).__name__}")
