@@ -25,9 +25,9 @@ FAST = TrainConfig(rank=4, alpha=8.0, lr=1e-3, max_epochs=100, eval_every=10, pa
 
 
 def _call(family):
-    from lbdist.toy.build import CALL_DEFAULTS
+    from lbdist.toy.build import call_defaults
 
-    return dict(CALL_DEFAULTS[family]["tiny"])
+    return call_defaults(family, "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_cli_calibrate_then_generate(tmp_path, capsys):
     assert "4 adapters for periodic:3 over 6 steps" in said and (tmp_path / "adapters-pairs").is_dir()
     assert main(["generate", "--model", "tiny:flux", "--prompt", HELD_OUT[0], "--steps", "6", "--schedule", "3",
                  "--adapters", str(out), "--out", str(tmp_path / "x.png")]) == 0
-    assert "full 2, bridged 4 (calibrated 4)" in capsys.readouterr().out
+    assert "6 steps (full 2, calibrated 4, uncalibrated bridged 0) | transformer calls full 2, bridged 4" in capsys.readouterr().out
     assert main(["calibrate", "--model", "tiny:flux", "--prompts", str(tmp_path / "none.txt"), "--schedule", "3",
                  "--out", str(out)]) == 2
     assert "is not a file" in capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_generate_video_from_a_local_diffusers_folder(wan_folder, tmp_path, caps
     assert frames.shape[0] == 5 and frames.shape[-1] == 3
     line = capsys.readouterr().out
     # 8 steps (from lbdist_defaults.json), N=3: full 0, 3, 6; two guidance branches
-    assert "8 steps: transformer calls full 6, bridged 10 (calibrated 0)" in line
+    assert "8 steps (full 3, calibrated 0, uncalibrated bridged 5) | transformer calls full 6, bridged 10" in line
     assert "transformer" in line and " s |" in line
 
 
@@ -44,14 +44,16 @@ def test_generate_image_png_and_gif(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--model", "tiny:flux", "--out", "x.mp4"], "a flux model writes .png files"),
-    (["--model", "tiny:wan", "--out", "x.png"], "a wan model writes .mp4 or .gif files"),
+    (["--model", "tiny:flux", "--out", "x.mp4"], "output_format 'mp4' does not fit flux (image)"),
+    (["--model", "tiny:wan", "--out", "x.png"], "output_format 'png' does not fit wan (video)"),
+    (["--model", "tiny:wan", "--out", "x.webm"], "--out 'x.webm': use a .mp4 or .gif file"),
     (["--model", "tiny:wan", "--out", "x.mp4", "--schedule", "0"], "interval N must be an integer >= 1, got 0"),
     (["--model", "tiny:wan", "--out", "x.mp4", "--schedule", "steps:2,4"], "step 0 must be full"),
-    (["--model", "tiny:wan", "--out", "x.mp4", "--adapters", "somewhere"], "--adapters needs --schedule"),
-    (["--model", "tiny:unet", "--out", "x.mp4"], "unknown family in 'tiny:unet'"),
+    (["--model", "tiny:wan", "--out", "x.mp4", "--adapters", "somewhere"], "adapters were given without a schedule"),
+    (["--model", "tiny:unet", "--out", "x.mp4"], "unknown model family 'unet'"),
     (["--model", "tiny:wan", "--out", "x.mp4", "--dtype", "int8"], "unknown dtype 'int8'"),
-    (["--model", "tiny:wan", "--out", "x.mp4", "--steps", "0"], "steps must be >= 1, got 0"),
+    (["--model", "tiny:wan", "--out", "x.mp4", "--steps", "0"], "num_inference_steps must be an integer in 1..1000, got 0"),
+    (["--model", "tiny:wan", "--out", "x.mp4", "--schedule", "1"], "bridges no step"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
