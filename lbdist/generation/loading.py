@@ -66,8 +66,15 @@ def resolve_device(name: str | None) -> str:
 
 def pipe_factors(pipe) -> tuple[int, int]:
     """(spatial, temporal) VAE factors of a pipeline (temporal 1 for image pipelines)."""
-    spatial = getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", 8)
-    return int(spatial), int(getattr(pipe, "vae_scale_factor_temporal", 1) or 1)
+    def first(*names, default):
+        for name in names:
+            value = getattr(pipe, name, None)
+            if value:
+                return int(value)
+        return default
+
+    return (first("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_scale_factor", default=8),
+            first("vae_scale_factor_temporal", "vae_temporal_compression_ratio", default=1))
 
 
 def model_info(pipe, call_defaults: dict | None = None, source: str = "") -> ModelInfo:
