@@ -183,7 +183,8 @@ def test_bad_calibration_configs_raise(make, message):
 
 def test_recording_into_a_directory_of_another_recording_is_refused(calibrated):
     pipe, _, pairs, _, _ = calibrated("flux")
-    with pytest.raises(ValueError, match=r"recorded with a different schedule"):
+    with pytest.raises(ValueError, match=r"recorded with other settings: schedule: periodic:4 over 12 steps -> "
+                                         r"periodic:3"):
         record_pairs(pipe, Schedule.periodic(STEPS, 3), RecordConfig(prompts=CALIBRATION, call_kwargs=_call("flux")),
                      pairs, progress=False)
     wan = make_pipe("wan")
