@@ -9,11 +9,26 @@ from typing import Callable
 import numpy as np
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only on such systems)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)`, then rename the result onto `path`.
 
     The temporary file sits in the target directory, so the rename is atomic: readers see the old file or
-    the whole new one, and a crash leaves no torn file behind.
+    the whole new one, and a crash leaves no torn file behind. The file gets the mode a plain `open()` would
+    give it (0666 less the umask), not mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +36,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp made it 0600; give it the mode open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
