@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from tqdm.auto import tqdm
 
 from .. import __version__
 from ..bridge import AdapterSet, LoraSettings, Schedule, config_digest
 from ..bridge.adapter_set import MANIFEST as ADAPTER_MANIFEST
-from ..models import BlockArgs, ModelSpec, get_spec
+from ..models import ModelSpec, get_spec
 from .config import TrainConfig
+from .objective import pair_loss
 from .resume import BRIDGE_RECORDING_KEYS, clear_adapter_set, refusal, settings_differences, training_settings
 from .store import TensorStore, read_index, read_manifest
 
@@ -67,12 +67,9 @@ def train_bridge(block: torch.nn.Module, spec: ModelSpec, train: list[Pair], hel
     return state, info
 
 
-def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last: bool = False):
-    if not train:
-        raise ValueError("train_bridge needs at least one training pair")
-    if config.lr is None or config.max_epochs is None:
-        raise ValueError("resolve the TrainConfig first: config.resolved(family)")
-    device = next(block.parameters()).device
+def lora_copy(block: torch.nn.Module, config: TrainConfig, targets: tuple[str, ...], seed: int):
+    """A frozen copy of `block` with a fresh fp32 LoRA ("calibrating") seeded by `seed`; returns (copy, LoRA
+    parameters). The distributed trainer starts every bridge from this same initial state."""
     torch.manual_seed(seed)
     work = copy.deepcopy(block).requires_grad_(False)
     inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(targets)),
@@ -81,15 +78,19 @@ def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
+    return work, params
+
+
+def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last: bool = False):
+    if not train:
+        raise ValueError("train_bridge needs at least one training pair")
+    if config.lr is None or config.max_epochs is None:
+        raise ValueError("resolve the TrainConfig first: config.resolved(family)")
+    work, params = lora_copy(block, config, targets, seed)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    args = BlockArgs(work)
-    use_autocast = config.autocast and device.type == "cuda"
 
     def loss_of(pair: Pair) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-            out = args.call(work, {**pair.cond, **pair.stream})
-        pred = spec.unpack_output(out)["hidden_states"]
-        return F.mse_loss(pred.float(), pair.target.float())
+        return pair_loss(work, spec, pair, config)  # the one objective seam (objective.py)
 
     def evaluate(pairs: list[Pair]) -> float:
         with torch.no_grad():
