@@ -4,8 +4,9 @@ A tiny Wan pipeline (4 blocks), 2 prompts, 8 steps, schedule periodic 4 (12 brid
 2 CPU workers: recording in one sequence-parallel group of 2 (xfuser Ulysses on gloo), training on 2 Ray Train
 workers with DeepSpeed ZeRO-2. Checked: the adapter set is produced, loads, and equals the single-process
 `lbdist.calibrate.calibrate` with the same seeds within RTOL (relative to each tensor's largest entry; measured
-5e-5: the sequence-parallel recording differs from one process by float rounding); a training worker killed
-mid-run is replaced and the run ends with the same adapters as an uninterrupted one; `ray job stop` (SIGTERM)
+5e-5: the sequence-parallel recording differs from one process by float rounding); a partial shard is found by
+its checksum and its prompt recorded again, and a training worker killed mid-run is replaced, and the run ends
+with the same adapters as an uninterrupted one; `ray job stop` (SIGTERM)
 checkpoints and a resubmission resumes, skipping the recorded prompts and finished bridges (counted in the log).
 
 The head is started once for the module (`ray start --head --block` in its own session, every port chosen free,
@@ -248,6 +249,8 @@ def test_killed_training_worker_is_replaced_and_gives_the_same_adapters(head, re
     from lbdist import AdapterSet
 
     _reuse_recording(reference[0], tmp_path, "kill")
+    shard = tmp_path / "out" / "kill" / "pairs" / "step005_uncond" / "prompt0001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])  # a partial shard: prompt 1 must be recorded again
     job = _job_id(submit(head, job_args(tmp_path, "kill", EPOCHS), wait=False).stdout)
     checkpoints = tmp_path / "out" / "kill" / "train" / "group00"
     _wait_for(lambda: _committed(checkpoints), 300, "the first committed checkpoint")
@@ -258,7 +261,8 @@ def test_killed_training_worker_is_replaced_and_gives_the_same_adapters(head, re
     out = _logs(head, job)
     print("\n".join(out))
     assert _status(head, job) == "SUCCEEDED", out
-    assert any("2/2 prompts already recorded" in line for line in out), out
+    assert any("1/2 prompts already recorded (verified full, skipped) | 1 with missing or corrupted shards, "
+               "recorded again: prompts [1]" in line for line in out), out
     assert any(re.search(r"group 0 resumed from its checkpoint at epoch \d+", line) for line in out), out
     worst = assert_close_sets(AdapterSet.load(tmp_path / "out" / "kill" / "adapters"),
                               AdapterSet.load(reference[0] / "adapters"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,6 +190,15 @@ def test_shards_round_trip_and_checksums():
     assert pair.cond["attention_mask"] is None and pair.cond["n"] == 3
 
 
+def test_warm_start_trains_in_waves_by_offset():
+    from lbdist.distributed.train import _waves
+
+    schedule = Schedule.periodic(10, 4)  # full 0, 4, 8
+    bridges = [(s, b) for s in schedule.bridged_steps for b in ("cond", "uncond")]
+    waves = _waves(bridges, schedule)
+    assert [sorted({s for s, _ in w}) for w in waves] == [[1, 5, 9], [2, 6], [3, 7]]
+
+
 def test_groups_of_bridges_fit_the_memory_budget():
     bridges = [(s, "cond") for s in range(1, 11)]
     per = {b: 10.0 for b in bridges}
@@ -198,3 +208,33 @@ def test_groups_of_bridges_fit_the_memory_budget():
     assert [len(g) for g in plan_groups(bridges, per, 0.0, None, 5)] == [5, 5]
     with pytest.raises(ValueError, match="one bridge needs about"):
         plan_groups(bridges, per, 20.0, 25.0, None)
+
+
+def test_verify_finds_partial_and_corrupted_shards(tmp_path):
+    from lbdist.distributed.layout import RunLayout
+    from lbdist.distributed.record import _commit, verify
+    from lbdist.distributed.shards import encode_pair, sha256
+
+    layout = RunLayout.of(str(tmp_path), "run")
+    for prompt in range(3):
+        entries = []
+        for step in (1, 2):
+            entry = {"prompt": prompt, "step": step, "branch": "cond", "anchor": 0}
+            data = encode_pair(entry, {"hidden_states": torch.randn(1, 4, 2)}, {}, torch.randn(1, 4, 2))
+            path = Path(layout.shard(step, "cond", prompt))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            entries.append({**entry, "file": str(path.relative_to(layout.root)), "sha256": sha256(data),
+                            "bytes": len(data)})
+        _commit(layout, prompt, entries)
+    partial = Path(layout.shard(2, "cond", 1))
+    partial.write_bytes(partial.read_bytes()[:-8])
+    flipped = Path(layout.shard(1, "cond", 2))
+    data = bytearray(flipped.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes: only the checksum sees it
+    flipped.write_bytes(bytes(data))
+    good, bad = verify(layout, full=False)
+    assert sorted(good) == [0, 2] and bad == [1]  # by size: the flipped byte passes
+    good, bad = verify(layout, full=True)
+    assert sorted(good) == [0] and bad == [2]
+    assert not Path(layout.index(1)).exists() and not Path(layout.index(2)).exists()

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -51,17 +51,19 @@ def bridge_seed(base: int, step: int, branch: str) -> int:
 
 
 def train_bridge(block: torch.nn.Module, spec: ModelSpec, train: list[Pair], held_out: list[Pair],
-                 config: TrainConfig, targets: tuple[str, ...], seed: int = 0, on_eval=None) -> tuple[dict, dict]:
+                 config: TrainConfig, targets: tuple[str, ...], seed: int = 0, on_eval=None,
+                 init: dict | None = None) -> tuple[dict, dict]:
     """Fit one LoRA on a copy of `block` so that block(anchor stream, step conditioning) ~ target.
 
     Returns (peft state dict of the best adapter, info with losses, epochs and seconds). Early stopping
     watches the held-out pairs' loss (the training loss if there are none); with `config.refit` the
-    adapter is then retrained on all pairs for the best epoch count. `config` must be resolved.
+    adapter is then retrained on all pairs for the best epoch count. `config` must be resolved. `init`: a
+    peft state dict to start from instead of the seeded fresh LoRA (warm start from a neighbouring bridge).
     """
-    state, info = _fit(block, spec, train, held_out, config, targets, seed, on_eval)
+    state, info = _fit(block, spec, train, held_out, config, targets, seed, on_eval, init=init)
     if config.refit and held_out and info["best_epoch"] > 0:
         refit = replace(config, max_epochs=info["best_epoch"], eval_every=info["best_epoch"], max_seconds=None)
-        state, again = _fit(block, spec, train + held_out, [], refit, targets, seed, None, keep_last=True)
+        state, again = _fit(block, spec, train + held_out, [], refit, targets, seed, None, keep_last=True, init=init)
         info.update(refit_epochs=again["epochs_run"], refit_train_loss=again["train_loss_last"],
                     seconds=round(info["seconds"] + again["seconds"], 3))
     return state, info
@@ -81,12 +83,15 @@ def lora_copy(block: torch.nn.Module, config: TrainConfig, targets: tuple[str, .
     return work, params
 
 
-def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last: bool = False):
+def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last: bool = False, init=None):
     if not train:
         raise ValueError("train_bridge needs at least one training pair")
     if config.lr is None or config.max_epochs is None:
         raise ValueError("resolve the TrainConfig first: config.resolved(family)")
     work, params = lora_copy(block, config, targets, seed)
+    if init is not None:
+        with torch.no_grad():
+            set_peft_model_state_dict(work, init, adapter_name="calibrating")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
     def loss_of(pair: Pair) -> torch.Tensor:

@@ -31,7 +31,8 @@ def assemble(job, layout: RunLayout, description: dict):
                "held_out_prompts": list(range(len(job.prompts)))[len(job.prompts) - config.holdout_prompts:]
                if config.holdout_prompts else [],
                "distributed": {"run_id": job.run_id, "model": job.model, "workers": job.workers,
-                               "train_workers": job.train_workers or job.workers, "zero_stage": 2}})
+                               "train_workers": job.train_workers or job.workers, "zero_stage": 2,
+                               "warm_start": job.warm_start}})
     for step, branch in bridges:
         adapters.weights[(step, branch)] = load_bytes(storage.read_bytes(layout.bridge_file(step, branch, "safetensors")))
         adapters.extra["training"][f"{step}_{branch}"] = read_json(layout.bridge_file(step, branch, "json"))

@@ -15,7 +15,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERIFY = ("full", "size")
 # Settings that shape the result: a run id keeps them for good (resubmitting with others is refused).
 RESULT_KEYS = ("family", "model", "prompts", "seeds", "schedule", "steps", "height", "width", "frames", "guidance",
-               "dtype", "train")
+               "dtype", "train", "warm_start")
 
 
 def _positive_int(name: str, value, minimum: int = 1, allow_none: bool = False) -> None:
@@ -48,6 +48,9 @@ class CalibrationJob:
     dtype: weights dtype of every worker ("auto": bf16 on GPU, fp32 on the CPU).
     train: how each bridge is trained (`TrainConfig`; lr and epochs default to the family's recipe). Held-out
         prompts are supported without refit (`refit=False`).
+    warm_start: each bridge starts from its neighbour's trained LoRA (the bridge one step earlier from the same
+        anchor) instead of a fresh one; bridges then train in waves by their offset from the anchor, each wave
+        after the one before it. With early stopping this cuts training (README "Calibrate on a cluster").
     checkpoint_every: epochs per checkpoint window (None: `train.eval_every`).
     max_failures: worker failures a trainer survives (each restarts it from its last checkpoint).
     max_bridges_per_trainer: bridges trained together by one trainer (None: as many as the memory estimate lets
@@ -77,6 +80,7 @@ class CalibrationJob:
     guidance: float | None = None
     dtype: str = "auto"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(refit=False))
+    warm_start: bool = False
     checkpoint_every: int | None = None
     max_failures: int = 3
     max_bridges_per_trainer: int | None = None

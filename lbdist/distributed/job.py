@@ -59,6 +59,8 @@ def parser(family: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--holdout", type=int, default=0, help="prompts held out for early stopping (no refit)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warm-start", action="store_true",
+                   help="start each bridge from its neighbour's trained LoRA (trains in waves by offset)")
     p.add_argument("--checkpoint-every", type=int, default=None, help="epochs per checkpoint (default --eval-every)")
     p.add_argument("--max-failures", type=int, default=3)
     p.add_argument("--max-bridges-per-trainer", type=int, default=None, help="split bridges into groups this size")
@@ -78,7 +80,7 @@ def job_from_args(argv: list[str], family: str) -> CalibrationJob:
     return CalibrationJob(family=family, model=a.model, prompts=tuple(read_prompts(a.prompts)), schedule=a.schedule,
                           steps=a.steps, output=a.output, run_id=a.run_id, workers=a.workers, sp_degree=a.sp_degree,
                           train_workers=a.train_workers, seeds=tuple(a.seeds or ()), height=a.height, width=a.width,
-                          frames=a.frames, guidance=a.guidance, dtype=a.dtype, train=train,
+                          frames=a.frames, guidance=a.guidance, dtype=a.dtype, train=train, warm_start=a.warm_start,
                           checkpoint_every=a.checkpoint_every, max_failures=a.max_failures,
                           max_bridges_per_trainer=a.max_bridges_per_trainer, memory_gb=a.memory_gb,
                           max_concurrent_trainers=a.max_concurrent_trainers,

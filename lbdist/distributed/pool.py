@@ -91,6 +91,8 @@ def record_stage(job, layout: RunLayout, progress, stop, gpu: bool) -> tuple[dic
         counts = record_all(job, layout, groups, description, progress, stop)
     finally:
         for group in groups:
+            if stop():  # a prompt may still be running: stop the actors now instead of waiting for it
+                group._break("the job was asked to stop")
             group.shutdown()
     good, _ = verify(layout, full=False)
     return description, good, counts

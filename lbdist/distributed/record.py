@@ -65,8 +65,10 @@ class SequenceGather:
         return value
 
 
-def record_prompt(worker, index: int, prompt: str, seed: int, schedule: dict, call_kwargs: dict, root: str):
-    """Record one prompt on one group (called on every rank); rank 0 returns the index entries of its shards."""
+def record_prompt(worker, index: int, prompt: str, seed: int, schedule: dict, call_kwargs: dict, root: str,
+                  stop_after: int | None = None):
+    """Record one prompt on one group (called on every rank); rank 0 returns the index entries of its shards.
+    `stop_after`: interrupt the sampling after that many steps (benchmarks that extrapolate)."""
     from ..bridge import BridgeConfig, Schedule, apply_bridge
     from ..calibrate.objective import block_args
     from ..models import get_spec
@@ -98,11 +100,16 @@ def record_prompt(worker, index: int, prompt: str, seed: int, schedule: dict, ca
             storage.write_bytes(path, data)
             entries.append({**entry, "file": path[len(layout.root) + 1:], "sha256": sha256(data), "bytes": len(data)})
 
+    def interrupt(p, i, t, tensors):
+        if stop_after is not None and i + 1 >= stop_after:
+            p._interrupt = True
+        return {}
+
     handle = final.register_forward_hook(on_final_block, with_kwargs=True)
     try:
         with torch.no_grad():
             pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed), num_inference_steps=plan.num_steps,
-                 output_type="latent", **call_kwargs)
+                 output_type="latent", callback_on_step_end=interrupt if stop_after else None, **call_kwargs)
     finally:
         handle.remove()
         apply_bridge(pipe, config=None)
@@ -183,16 +190,19 @@ def _commit(layout: RunLayout, prompt: int, entries: list[dict]) -> None:
 
 
 def run_queue(groups, prompts: deque, start, on_done, stop, max_failures: int) -> None:
-    """Feed prompts to free groups until all are done; `start(group, prompt) -> refs`, `on_done(prompt, result)`.
-    A group that loses a worker is restarted (up to `max_failures` times) and its prompt queued again."""
+    """Feed prompts to free groups until all are done or `stop()`; `start(group, prompt) -> refs`,
+    `on_done(prompt, result)`. A group that loses a worker is restarted (up to `max_failures` times) and its
+    prompt queued again."""
     import ray
 
     from ..parallel import WorkerDiedError
 
     busy, failures = {}, 0
     while prompts or busy:
+        if stop():  # prompts in flight are abandoned: not committed, so a resubmission records them again
+            return
         for g, group in enumerate(groups):
-            if g not in busy and prompts and not stop():
+            if g not in busy and prompts:
                 prompt = prompts.popleft()
                 busy[g] = (prompt, start(group, prompt))
         if not busy:
@@ -210,7 +220,8 @@ def run_queue(groups, prompts: deque, start, on_done, stop, max_failures: int) -
                 prompts.appendleft(prompt)
 
 
-def record_all(job, layout: RunLayout, groups, description: dict, progress, stop) -> dict:
+def record_all(job, layout: RunLayout, groups, description: dict, progress, stop, stop_after: int | None = None
+               ) -> dict:
     """Record every prompt not yet committed, on `groups` (started, model loaded); returns counts."""
     from .progress import fmt_seconds
 
@@ -221,7 +232,7 @@ def record_all(job, layout: RunLayout, groups, description: dict, progress, stop
 
     def start(group, p):
         return group.submit("run", record_prompt, (p, job.prompts[p], job.seeds[p], schedule,
-                                                     description["call_kwargs"], layout.root), {})
+                                                     description["call_kwargs"], layout.root, stop_after), {})
 
     def on_done(p, entries):
         _commit(layout, p, entries)

@@ -52,6 +52,21 @@ def plan_groups(bridges: list, per_bridge: dict, fixed: float, budget: float | N
     return [bridges[i:i + size] for i in range(0, len(bridges), size)]
 
 
+def _waves(bridges: list, schedule) -> list[list]:
+    """Bridges grouped by their offset from the anchor (1, 2, ...): a wave only needs the waves before it."""
+    offsets = sorted({schedule.plan(s).offset for s, _ in bridges})
+    return [[b for b in bridges if schedule.plan(b[0]).offset == k] for k in offsets]
+
+
+def _batches(todo: dict, job) -> list[list[int]]:
+    """Groups of the same wave (same offset) together, waves in order."""
+    schedule = job.parsed_schedule()
+    by_offset: dict[int, list[int]] = {}
+    for k, group in sorted(todo.items()):
+        by_offset.setdefault(schedule.plan(group[0][0]).offset, []).append(k)
+    return [by_offset[o] for o in sorted(by_offset)]
+
+
 def finished_bridges(layout: RunLayout) -> set[tuple[int, str]]:
     out = set()
     for name in list_names(layout.path("bridges"), ".json"):
@@ -70,7 +85,8 @@ def _trainer(job, layout: RunLayout, k: int, group: list, pairs: list, board, se
 
     workers = job.train_workers or job.workers
     config = {"job": job, "root": layout.root, "bridges": [list(b) for b in group], "pairs": pairs, "board": board,
-              "group": k, "window": job.window, "settings": settings, "threads": job.cpus_per_worker}
+              "group": k, "window": job.window, "settings": settings, "threads": job.cpus_per_worker,
+              "warm": job.warm_start}
     return TorchTrainer(
         train_loop, train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -113,7 +129,7 @@ def _train_line(snapshot: dict, finished_before: int, total: int, waiting: int) 
     done = finished_before + sum(v.get("done", 0) for v in snapshot.values())
     running = {k: v for k, v in sorted(snapshot.items()) if v.get("done", 0) < v.get("total", 1)}
     epochs = ", ".join(f"group {k} epoch {v['epoch']}/{v['max_epochs']} ({v['seconds_per_epoch']:.2f} s/epoch)"
-                       for k, v in running.items()) or "no group running"
+                       for k, v in running.items()) or ("starting the next group" if waiting else "finishing")
     eta = max(((v["max_epochs"] - v["epoch"]) * v["seconds_per_epoch"] for v in running.values()), default=0.0)
     return (f"bridges {done}/{total} done | {epochs} | ETA <= {fmt_seconds(eta)}"
             + (f" + {waiting} group(s) waiting" if waiting else "") + " (early stopping ends bridges sooner)")
@@ -157,8 +173,10 @@ def train_all(job, layout: RunLayout, description: dict, entries: dict, progress
         fixed, per_bridge = memory_estimate({**description, "prompts": len(entries)}, sizes, workers,
                                             job.train.rank, use_gpu)
         budget = job.memory_gb * 2**30 if job.memory_gb else (70 * 2**30 if use_gpu else None)
-        plan = {"groups": [[list(b) for b in g] for g in plan_groups(bridges, per_bridge, fixed, budget,
-                                                                      job.max_bridges_per_trainer)]}
+        waves = _waves(bridges, job.parsed_schedule()) if job.warm_start else [bridges]
+        plan = {"groups": [[list(b) for b in g] for wave in waves
+                           for g in plan_groups(wave, per_bridge, fixed, budget, job.max_bridges_per_trainer)],
+                "warm_start": job.warm_start}
         write_json(layout.path("train", "plan.json"), plan)
     groups = {k: [tuple(b) for b in g] for k, g in enumerate(plan["groups"])}
     todo = {k: g for k, g in groups.items() if not set(g) <= before}
@@ -174,12 +192,17 @@ def train_all(job, layout: RunLayout, description: dict, entries: dict, progress
     concurrent = job.max_concurrent_trainers or max(1, _cluster_workers(ray, use_gpu, job) //
                                                     (job.train_workers or job.workers))
     errors: dict = {}
-    threads = _run_trainers(trainers, concurrent, errors)
     finished_before = len(before - {b for g in todo.values() for b in g})
     report = _Reporter(progress, len(todo), finished_before, len(bridges))
-    while any(t.is_alive() for t in threads):
-        time.sleep(1.0)
-        report(ray.get(board.snapshot.remote())[1])
+    # with warm start a group needs the groups of the wave before it: run the waves one after the other
+    batches = _batches(todo, job) if job.warm_start else [list(todo)]
+    for batch in batches:
+        threads = _run_trainers({k: trainers[k] for k in batch}, concurrent, errors)
+        while any(t.is_alive() for t in threads):
+            time.sleep(1.0)
+            report(ray.get(board.snapshot.remote())[1])
+        if errors or stop():
+            break
     report(ray.get(board.snapshot.remote())[1])
     if errors:
         k, exc = sorted(errors.items())[0]

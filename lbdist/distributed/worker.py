@@ -39,6 +39,14 @@ def _load_pairs(layout: RunLayout, items: list[dict], device, index: dict, pad: 
     return out
 
 
+def _neighbour(layout: RunLayout, key: tuple[int, str]) -> dict | None:
+    """The trained LoRA of the bridge one step before `key` (same branch), if it finished (warm start)."""
+    from safetensors.torch import load as load_bytes
+
+    path = layout.bridge_file(key[0] - 1, key[1], "safetensors")
+    return load_bytes(storage.read_bytes(path)) if storage.exists(path) else None
+
+
 def _device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
@@ -68,7 +76,8 @@ def _setup(config: dict, rank: int, world: int):
         held = sum(1 for e in of if e["held"])
         plans.append(BridgePlan((step, branch), bridge_seed(cfg.seed, step, branch), len(of) - held, held,
                                 cfg.max_epochs))
-    inits = [initial_state(block, cfg, spec.lora_targets, p.seed) for p in plans]
+    inits = [_neighbour(layout, p.key) if config.get("warm") else None for p in plans]
+    inits = [init or initial_state(block, cfg, spec.lora_targets, p.seed) for init, p in zip(inits, plans)]
     routed = RoutedBlock(block, spec.lora_targets, bridges, cfg.rank, cfg.alpha, inits).to(device)
     engine = zero_engine(routed, [routed.bridge_parameters(i) for i in range(len(bridges))],
                          ZeroSettings(lr=cfg.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, bf16=bf16))
