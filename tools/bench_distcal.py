@@ -288,8 +288,6 @@ def _record_layout(args, folder: Path, gpu: bool, workers: int, sp: int) -> dict
 
 
 def _train_workers(args, folder: Path, gpu: bool, workers: int, recording: str) -> dict:
-    import shutil
-
     from lbdist.distributed.layout import RunLayout, clear_run, read_json
     from lbdist.distributed.progress import Progress, StopSignal
     from lbdist.distributed.record import verify
@@ -298,7 +296,8 @@ def _train_workers(args, folder: Path, gpu: bool, workers: int, recording: str) 
     job = _job(args, folder, f"train-{workers}w", workers, 1)
     layout = RunLayout.of(job.output, job.run_id)
     clear_run(layout)
-    shutil.copytree(Path(recording) / "pairs", Path(layout.root) / "pairs")
+    Path(layout.root).mkdir(parents=True)
+    os.symlink(Path(recording) / "pairs", Path(layout.root) / "pairs")  # the recording, not a copy (tens of GB)
     description = read_json(layout.path("pairs", "manifest.json"))
     entries, _ = verify(layout, full=False)
     t = time.perf_counter()
@@ -359,10 +358,14 @@ def _memory_loop(config: dict) -> None:
                          ZeroSettings(lr=train.lr, bf16=cuda, stage=config["stage"]))
     mine = [LocalPair(i, pair) for i in range(len(bridges)) if i % world == rank]
     JointFit(routed, engine, spec, train, plans, mine).run()
-    peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0], device=device)
+    import resource
+
+    value = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.tensor([value / 2**30], device=device, dtype=torch.float64)
     peaks = [torch.zeros_like(peak) for _ in range(world)]
     torch.distributed.all_gather(peaks, peak)
-    ray.train.report({"peak_gb_per_rank": [round(float(p), 2) for p in peaks]})
+    if rank == 0:  # the driver reads it back (Ray Train keeps metrics only with checkpoints)
+        Path(config["out"]).write_text(json.dumps([round(float(p), 3) for p in peaks]))
 
 
 def _memory(args, gpu: bool, stage: int, workers: int) -> dict:
@@ -372,16 +375,18 @@ def _memory(args, gpu: bool, stage: int, workers: int) -> dict:
     from realsize import SHAPES, latent_tokens
 
     bridges = len([s for s in range(args.steps) if s % args.interval]) * 2
+    peaks = Path(args.work) / f"memory-stage{stage}.json"
     trainer = TorchTrainer(_memory_loop, train_loop_config={"model": args.memory_model, "stage": stage,
-                                                            "epochs": 2, "bridges": bridges},
+                                                            "epochs": 2, "bridges": bridges, "out": str(peaks)},
                            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
                            scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu),
                            run_config=RunConfig(name=f"memory-stage{stage}", storage_path=str(Path(args.work) / "ray")))
-    result = trainer.fit()
+    trainer.fit()
     return {"model": args.memory_model, "tokens": latent_tokens(args.memory_model, SHAPES[args.memory_model]),
             "bridges": bridges, "lora_rank": 32, "zero_stage": stage, "workers": workers,
-            "peak_gb_per_rank": result.metrics["peak_gb_per_rank"],
-            "note": "one synthetic pair per bridge resident on its rank (the recording's pairs add their own bytes)"}
+            "peak_gb_per_rank": json.loads(peaks.read_text()),
+            "measure": "torch.cuda.max_memory_allocated" if gpu else "process peak RSS (CPU --quick)",
+            "note": "one synthetic pair shared by every bridge of a rank (the recording's pairs add their own bytes)"}
 
 
 def gpu(args) -> int:
@@ -407,6 +412,10 @@ def gpu(args) -> int:
         for w, sp in layouts:
             phases["record"].append(_record_layout(args, folder, cuda, w, sp))
             write(report, out)
+            if len(phases["record"]) > 1:  # only the first recording is trained on: free the disk
+                import shutil
+
+                shutil.rmtree(phases["record"][-1]["run"], ignore_errors=True)
         base = phases["record"][0]["seconds"]
         for r in phases["record"]:
             r["speedup_vs_1"] = round(base / r["seconds"], 3)
