@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..bridge import BridgeConfig, CacheLimits, apply_bridge, reset_bridge
+from ..parallel.cfg import prepare_call
 from .loading import LoadedPipeline, model_info
 from .request import GenerationCancelled, GenerationRequest, GenerationResult, ModelInfo
 
@@ -79,16 +80,22 @@ class Engine:
         adapters: adapter-set names -> references (directory, URI, Hub id); a request's `adapters` is looked up
             here first, and used as a reference itself otherwise.
         cache_limits: how many adapter sets (or bytes) stay resident on the final block.
+        compile: a `CompileConfig` to compile the transformer's blocks (before the bridge hooks; see
+            `lbdist.generation.compile`), or None (eager).
     """
 
     def __init__(self, loaded, *, adapters: Mapping[str, str] | None = None,
-                 cache_limits: CacheLimits | None = None):
+                 cache_limits: CacheLimits | None = None, compile=None):
         if not isinstance(loaded, LoadedPipeline):
             loaded = LoadedPipeline(loaded, model_info(loaded).family, "", {})
         self.loaded = loaded
         self.pipe = loaded.pipe
         self.info: ModelInfo = model_info(self.pipe, loaded.call_defaults, loaded.source)
         self.adapters = dict(adapters or {})
+        if compile is not None:
+            from .compile import compile_blocks
+
+            compile_blocks(self.pipe.transformer, config=compile)
         self.runtime = apply_bridge(self.pipe, config=None, cache_limits=cache_limits)
         if hasattr(self.pipe, "set_progress_bar_config"):
             self.pipe.set_progress_bar_config(disable=True)
@@ -123,6 +130,7 @@ class Engine:
             return {}
 
         kwargs = request.call_kwargs(self.info)
+        prepare_call(self.pipe, {**kwargs, "prompt": request.prompt})  # CFG-parallel (if on): both branches?
         kwargs.update(callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"])
         frames, timings = self._call(request, kwargs)
         runtime = self.runtime

@@ -7,9 +7,11 @@
                           progress=lambda done, total: print(done, "/", total))
     result.frames, result.timings, result.calls, result.steps
 
-With `GeneratorConfig(sp_degree=N)` the model is loaded on N Ray actors (one GPU each, xfuser Ulysses x ring)
-that run every request together; progress comes back from rank 0 and a cancel request stops every rank at the
-same step boundary. The CLI, the demo, the benchmarks, Serve replicas, batch rendering and the cluster jobs all
+With `GeneratorConfig(sp_degree=N)` the model is loaded on N Ray actors (one GPU each) that run every request
+together, split as CFG x Ulysses x ring by the layout rule (`lbdist.parallel.layout`: CFG-parallel first for a
+two-branch model on an even group, then Ulysses as far as the heads allow, then ring) unless the config fixes
+the degrees; the VAE decode is split over every rank. Progress comes back from rank 0 and a cancel request stops
+every rank at the same step boundary. `GeneratorConfig(compile=True)` compiles the transformer blocks. The CLI, the demo, the benchmarks, Serve replicas, batch rendering and the cluster jobs all
 generate through this class.
 """
 from __future__ import annotations
@@ -31,9 +33,15 @@ class GeneratorConfig:
     Attributes:
         device: "auto" (cuda if present), "cpu", "cuda", "cuda:N": the device of a one-process generator.
         dtype: "auto" (bf16 on GPU, fp32 on CPU), "bfloat16", "float16", "float32".
-        sp_degree: ranks (GPUs) of the sequence-parallel worker group; 1 runs in this process.
-        ulysses_degree, ring_degree: split of sp_degree (default all Ulysses: fastest inside a node, needs the head
-            count divisible by it); `ulysses * ring == sp_degree`.
+        sp_degree: ranks (GPUs) of the worker group; 1 runs in this process.
+        cfg_degree, ulysses_degree, ring_degree: the split of those ranks, `cfg * ulysses * ring == sp_degree`.
+            None (default) lets the layout rule choose (`lbdist.parallel.layout.choose_layout`): cfg 2 for a model
+            with two guidance branches (Wan) on an even group, Ulysses as far as the head count allows, ring for
+            the rest. Values given are kept and the rule fills the others.
+        compile: compile the transformer blocks (`torch.compile`, beneath the bridge hooks): True for the default
+            `CompileConfig()`, a `CompileConfig`, or None / False for eager. The first request pays the compile.
+        parallel_vae: split the VAE decode over the group's ranks (sp_degree > 1), equal to one rank's decode
+            within float tolerance (`lbdist.parallel.vae`).
         adapters: adapter-set names -> references (directory, fsspec URI, Hub id) that requests may name.
         cache: how many adapter sets (or bytes) stay resident per rank (LRU).
         threads: torch CPU threads of this process (None: leave torch's setting; see lbdist.runtime).
@@ -45,7 +53,10 @@ class GeneratorConfig:
     dtype: str = "auto"
     sp_degree: int = 1
     ulysses_degree: int | None = None
-    ring_degree: int = 1
+    ring_degree: int | None = None
+    cfg_degree: int | None = None
+    compile: Any = None
+    parallel_vae: bool = True
     adapters: Mapping[str, str] = field(default_factory=dict)
     cache: CacheLimits = field(default_factory=CacheLimits)
     threads: int | None = None
@@ -63,14 +74,36 @@ class GeneratorConfig:
             raise ValueError(f"adapters must map names to references (non-empty strings), got {bad}")
         object.__setattr__(self, "adapters", dict(self.adapters))
         object.__setattr__(self, "worker", dict(self.worker))
-        if self.sp_degree > 1:
-            self.group_config()  # degree arithmetic errors before anything starts
+        object.__setattr__(self, "compile", _compile_config(self.compile))
+        if not isinstance(self.parallel_vae, bool):
+            raise ValueError(f"parallel_vae must be true or false, got {self.parallel_vae!r}")
+        self.layout()  # degree arithmetic errors before anything starts
 
-    def group_config(self):
+    def layout(self, model=None):
+        """The group's `Layout` for `model` (a reference or factory; None: degrees alone, model unknown)."""
+        from ..parallel.layout import choose_layout, describe
+
+        return choose_layout(self.sp_degree, describe(model) if model is not None else None, cfg=self.cfg_degree,
+                             ulysses=self.ulysses_degree, ring=self.ring_degree)
+
+    def group_config(self, model=None):
         from ..parallel.config import WorkerGroupConfig
 
-        return WorkerGroupConfig(num_workers=self.sp_degree, ulysses_degree=self.ulysses_degree,
-                                 ring_degree=self.ring_degree, **self.worker)
+        layout = self.layout(model)
+        return WorkerGroupConfig(num_workers=self.sp_degree, ulysses_degree=layout.ulysses, ring_degree=layout.ring,
+                                 cfg_degree=layout.cfg, parallel_vae=self.parallel_vae, **self.worker)
+
+
+def _compile_config(value):
+    from .compile import CompileConfig
+
+    if value is None or value is False:
+        return None
+    if value is True:
+        return CompileConfig()
+    if isinstance(value, CompileConfig):
+        return value
+    raise ValueError(f"compile must be True, False, None or a CompileConfig, got {value!r}")
 
 
 class Generator:
@@ -88,11 +121,14 @@ class Generator:
             raise ValueError(f"config must be a GeneratorConfig, got {type(config).__name__}")
         self.engine = None
         self.group = None
+        from ..parallel.layout import Layout
+
+        self.layout = Layout()  # cfg x ulysses x ring of the group (1 x 1 x 1 in this process)
         if config.threads is not None:
             import torch
 
             torch.set_num_threads(config.threads)
-        options = {"adapters": config.adapters, "cache_limits": config.cache}
+        options = {"adapters": config.adapters, "cache_limits": config.cache, "compile": config.compile}
         if config.sp_degree == 1:
             from .engine import Engine
             from .loading import load_pipeline
@@ -103,7 +139,9 @@ class Generator:
         else:
             from ..parallel import WorkerGroup
 
-            self.group = WorkerGroup(config.group_config())
+            group_config = config.group_config(model)
+            self.layout = Layout(group_config.cfg_degree, group_config.ulysses_degree, group_config.ring_degree)
+            self.group = WorkerGroup(group_config)
             self.group.start()
             try:
                 self.info = self.group.load(_factory(model, config), options)["info"]
