@@ -36,7 +36,8 @@ def true_cfg_flux(device: str = "cpu") -> LoadedPipeline:
     return LoadedPipeline(loaded.pipe, loaded.family, loaded.source, {**loaded.call_defaults, "true_cfg_scale": 3.0})
 
 
-FACTORIES = {"wan": PipelineFactory("lbdist.generation.loading:load_pipeline", {"source": "tiny:wan", "dtype": "float32"}),
+FACTORIES = {"wan": PipelineFactory("lbdist.generation.loading:load_pipeline",
+                                    {"source": "tiny:wan", "dtype": "float32"}),
              "flux": PipelineFactory(true_cfg_flux)}
 
 

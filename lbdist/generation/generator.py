@@ -11,8 +11,8 @@ With `GeneratorConfig(sp_degree=N)` the model is loaded on N Ray actors (one GPU
 together, split as CFG x Ulysses x ring by the layout rule (`lbdist.parallel.layout`: CFG-parallel first for a
 two-branch model on an even group, then Ulysses as far as the heads allow, then ring) unless the config fixes
 the degrees; the VAE decode is split over every rank. Progress comes back from rank 0 and a cancel request stops
-every rank at the same step boundary. `GeneratorConfig(compile=True)` compiles the transformer blocks. The CLI, the demo, the benchmarks, Serve replicas, batch rendering and the cluster jobs all
-generate through this class.
+every rank at the same step boundary. `GeneratorConfig(compile=True)` compiles the transformer blocks. The CLI,
+the demo, the benchmarks, Serve replicas, batch rendering and the cluster jobs all generate through this class.
 """
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def guided(pipe, call_kwargs) -> bool:
         return params[name].default if value is None and name in params else value
 
     if "true_cfg_scale" in params:  # FLUX, HunyuanVideo: true CFG needs a scale > 1 and a negative prompt
-        negative = call_kwargs.get("negative_prompt") is not None or call_kwargs.get("negative_prompt_embeds") is not None
+        negative = any(call_kwargs.get(k) is not None for k in ("negative_prompt", "negative_prompt_embeds"))
         return float(arg("true_cfg_scale") or 1.0) > 1.0 and negative
     if isinstance(getattr(type(pipe), "do_classifier_free_guidance", None), property):  # Wan, LTX
         return float(arg("guidance_scale") or 0.0) > 1.0

@@ -59,7 +59,8 @@ class Layout:
         for name in ("cfg", "ulysses", "ring"):
             _positive(f"{name}_degree", getattr(self, name))
         if self.cfg not in CFG_DEGREES:
-            raise ValueError(f"cfg_degree must be one of {CFG_DEGREES} (two guidance branches at most), got {self.cfg!r}")
+            raise ValueError(f"cfg_degree must be one of {CFG_DEGREES} (two guidance branches at most), "
+                             f"got {self.cfg!r}")
 
     @property
     def world(self) -> int:

@@ -228,9 +228,11 @@ def remove_parallel_vae(pipe_or_vae) -> None:
 class VaeDecodeConfig:
     """Single-device decode options (what the benchmark sweeps).
 
-    dtype: None (keep the pipeline's), "bfloat16", "float16" or "float32" for the whole VAE.
+    dtype: None (keep the pipeline's), "bfloat16", "float16" or "float32" for the whole VAE; latents are cast
+        on the way in (FLUX's pipeline hands decode the transformer's dtype).
     tiling: diffusers' spatial tiling (`vae.enable_tiling()`): less memory, seams blended; off by default.
-    compile: `torch.compile` the decoder (inductor; a few graphs for the first-chunk / cached-chunk calls).
+    compile: `torch.compile` the decoder in place (inductor; a few graphs for Wan's first-chunk / cached-chunk
+        calls). One device only: the split decode patches the decoder's forward, which compiling would trace.
     """
 
     dtype: str | None = None
@@ -251,13 +253,15 @@ def apply_vae_speedups(pipe_or_vae, *, config: VaeDecodeConfig) -> None:
     if config.dtype is not None:
         dtype = getattr(torch, config.dtype)
         vae.to(dtype=dtype)
-        original = vae.decoder.forward
+        original = vae._decode  # under decode (which lbdist's Engine times by wrapping it), above tiling
 
-        def cast(z, *args, **kwargs):  # FLUX's pipeline hands the transformer's dtype to decode
+        def cast(z, *args, **kwargs):
             return original(z.to(dtype), *args, **kwargs)
 
-        vae.decoder.forward = cast
+        vae._decode = cast
     if config.tiling:
         vae.enable_tiling()
     if config.compile:
-        vae.decoder = torch.compile(vae.decoder)
+        if getattr(vae, _ATTR, None) is not None:
+            raise ValueError("compile is a one-device option: this VAE's decode is split over ranks")
+        vae.decoder.compile()
