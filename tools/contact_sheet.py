@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from lbdist.toy.bundled import PIPELINE_CLASSES, load_toy  # noqa: E402
-from lbdist.toy.dataset import calibration_prompts, evaluation_prompts  # noqa: E402
-from lbdist.toy.evaluate import contact_sheet, evaluate  # noqa: E402
+from lbdist.toy.bundled import PIPELINE_CLASSES, load_toy
+from lbdist.toy.dataset import calibration_prompts, evaluation_prompts
+from lbdist.toy.evaluate import contact_sheet, evaluate
 
 
 def main(argv=None) -> int:

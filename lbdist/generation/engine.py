@@ -89,6 +89,7 @@ class Engine:
         self.pipe = loaded.pipe
         self.info: ModelInfo = model_info(self.pipe, loaded.call_defaults, loaded.source)
         self.adapters = dict(adapters or {})
+        self.cache_limits = cache_limits
         self.runtime = apply_bridge(self.pipe, config=None, cache_limits=cache_limits)
         if hasattr(self.pipe, "set_progress_bar_config"):
             self.pipe.set_progress_bar_config(disable=True)
@@ -110,7 +111,8 @@ class Engine:
         if not isinstance(request, GenerationRequest):
             raise ValueError(f"request must be a GenerationRequest, got {type(request).__name__}")
         request = request.resolve(self.info)
-        apply_bridge(self.pipe, config=self.bridge_config(request))
+        # the runtime apply_bridge returns: a fresh one if something removed the hooks since (pair recording does)
+        self.runtime = apply_bridge(self.pipe, config=self.bridge_config(request), cache_limits=self.cache_limits)
         total, final = request.num_inference_steps, {}
 
         def on_step_end(pipe, i, t, tensors):

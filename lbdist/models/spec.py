@@ -43,6 +43,12 @@ class RealSize:
     height, width, frames: the output size (frames 1 for images).
     text_tokens: prompt length the benchmark feeds (the pipeline's `max_sequence_length`).
     guidance: guidance scale the pipeline uses (true CFG for families with two branches).
+    factors: (spatial, temporal) compression of the VAE at this size (the pipeline's `vae_scale_factor`s;
+        temporal 1 for images): the benchmarks' token counts use it without building the VAE.
+    vae: keyword arguments of the family's VAE class for whole-pipeline benchmarks (the released VAE's config,
+        random weights; a small one with the same factors for CPU stand-ins); None: the family builder's small VAE.
+    vae_tiling: decode in tiles (`vae.enable_tiling()`), as the family's own examples do where an untiled decode
+        would not fit on one GPU.
     """
 
     config: Mapping[str, Any]
@@ -51,6 +57,9 @@ class RealSize:
     frames: int = 1
     text_tokens: int = 512
     guidance: float = 5.0
+    factors: tuple[int, int] = (8, 4)
+    vae: Mapping[str, Any] | None = None
+    vae_tiling: bool = False
 
     def label(self) -> str:
         return f"{self.height}x{self.width}" + (f"x{self.frames}" if self.frames > 1 else "")
