@@ -1,4 +1,4 @@
-"""Bridge speed on real-size transformers with random weights, against full compute and the ceiling, one GPU.
+r"""Bridge speed on real-size transformers with random weights, against full compute and the ceiling, one GPU.
 
     python tools/bench_bridge.py --models wan-14b hunyuan-video flux-dev --intervals 5 6 7 --steps 50 \
         --out tools/results/bench_bridge.json

@@ -1,4 +1,4 @@
-"""Fidelity of LearniBridge and its peers against full compute, compared at equal speedup, on the toy models.
+r"""Fidelity of LearniBridge and its peers against full compute, compared at equal speedup, on the toy models.
 
     python tools/bench_fidelity.py --model toy --families wan hunyuan_video flux --prompts 4 --calibration-prompts 3 \
         --train-epochs 80 --knobs learnibridge=3,6,12,17,25 bridge_uncal=3,6,12,17,25 --out out/fidelity

@@ -1,4 +1,4 @@
-"""Sequence parallelism (xfuser Ulysses, in lbdist Ray worker groups) times the bridge, on real-size transformers.
+r"""Sequence parallelism (xfuser Ulysses, in lbdist Ray worker groups) times the bridge, on real-size transformers.
 
     # on a 4-GPU machine (about 5 minutes); NCCL_NVLS_ENABLE=0 etc. are forwarded to every Ray worker
     python tools/bench_sp.py --degrees 1 2 4 --out $OUT/bench_sp.json

@@ -1,4 +1,4 @@
-"""Does a calibrated adapter set generalise beyond its calibration prompts? One model, one schedule.
+r"""Does a calibrated adapter set generalise beyond its calibration prompts? One model, one schedule.
 
     python tools/check_generalisation.py --family hunyuan_video --interval 6 --lr 2e-3 3e-4 --epochs 80 \
         --out tools/results/generalisation_hunyuan_toy.json
@@ -16,10 +16,12 @@ import argparse
 import json
 import os
 
+from lbdist.toy.build import FAMILIES
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", default="hunyuan_video", choices=("wan", "hunyuan_video", "flux"))
+    p.add_argument("--family", default="hunyuan_video", choices=FAMILIES, help="a family with a bundled toy")
     p.add_argument("--model", default=None, help="model reference (default: the bundled toy:<family>)")
     p.add_argument("--interval", type=int, default=6)
     p.add_argument("--lr", type=float, nargs="+", default=[2e-3])

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from lbdist.models import get_spec_by_family
 from lbdist.toy.bundled import PIPELINE_CLASSES, load_toy
 from lbdist.toy.dataset import calibration_prompts, evaluation_prompts
 from lbdist.toy.evaluate import contact_sheet, evaluate
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="PNG path")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    kind = "image" if args.family == "flux" else "video"
+    kind = get_spec_by_family(args.family).output
     if args.prompts == "heldout":
         prompts = evaluation_prompts(kind, n=min(args.n, len(evaluation_prompts(kind))))
     else:

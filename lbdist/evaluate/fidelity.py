@@ -62,7 +62,7 @@ class FidelityConfig:
     """
 
     model: str = "toy"
-    families: tuple[str, ...] = ("wan", "hunyuan_video", "flux")
+    families: tuple[str, ...] = field(default_factory=toy_families)
     prompts: int = 8
     calibration_prompts: int = 4
     steps: int | None = None

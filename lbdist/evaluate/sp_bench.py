@@ -146,6 +146,10 @@ class SPRun:
     quick: bool = False
 
     def __post_init__(self):
+        if type(self.steps) is not int or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if type(self.repeats) is not int or self.repeats < 1:
+            raise ValueError(f"repeats must be an integer >= 1, got {self.repeats!r}")
         if any(type(d) is not int or d < 1 for d in self.degrees):
             raise ValueError(f"degrees must be integers >= 1, got {list(self.degrees)}")
         if any(n < 1 for n in self.intervals) or len(set(self.intervals)) != len(self.intervals) or not self.intervals:

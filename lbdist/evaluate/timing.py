@@ -52,7 +52,7 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2, device=No
     return statistics.median(ms), ms
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopTiming:
     """One timed denoising loop: final latents, wall seconds, and per-step milliseconds (CUDA events; empty on CPU)."""
 
