@@ -23,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     render_cli.register(sub)
     args = parser.parse_args(["render", *(sys.argv[1:] if argv is None else argv)])
-    ray.init()
     try:
+        render_cli.config_from(args)  # bad arguments fail here, before Ray starts
+        ray.init()
         return args.func(args)
     except ValueError as exc:
         print(f"render_batch.py: error: {exc}", file=sys.stderr)

@@ -213,3 +213,22 @@ def test_render_item_writes_output_and_record_and_records_failures(tmp_path):
     assert json.loads((tmp_path / "records" / f"{items[0].id}.json").read_text())["status"] == "ok"
     bad = render_item(generator, items[1], out, "here")
     assert bad["status"] == "error" and "num_frames=6" in bad["error"] and bad["output"] is None
+
+
+def test_job_script_refuses_bad_arguments_before_ray_starts(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / "render_batch.py"
+    spec = importlib.util.spec_from_file_location("render_batch_job", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.__doc__.lstrip().splitlines()[2].strip().startswith("ray job submit --working-dir . -- python "
+                                                                    "jobs/render_batch.py")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    assert job.main([str(prompts), "--out", str(tmp_path / "o"), "--model", "tiny:wan", "--sp-degree", "0"]) == 2
+    assert "sp_degree must be an integer >= 1, got 0" in capsys.readouterr().err
+    import ray
+
+    assert not ray.is_initialized()

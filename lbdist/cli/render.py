@@ -44,16 +44,28 @@ def defaults_from(args: argparse.Namespace) -> dict:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def config_from(args: argparse.Namespace):
+    """The `RenderConfig` the arguments ask for (ValueError naming a bad one; nothing starts)."""
+    from ..generation.request import GenerationRequest
+    from ..render import RenderConfig
+
+    defaults = defaults_from(args)
+    GenerationRequest("defaults check", **defaults)
+    config = RenderConfig(actors=parse_actors(args.actors), sp_degree=args.sp_degree, defaults=defaults,
+                          adapters=parse_adapter_sets(args.adapter_set), device=args.device, dtype=args.dtype,
+                          gpus=False if args.cpu else None, cpus_per_actor=args.cpus_per_actor,
+                          retry_failed=not args.keep_failed, log_every_s=args.log_every)
+    config.generator_config(gpus=False)  # degree arithmetic and adapter names, before Ray starts
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from ..render import RenderConfig, render
+    from ..render import render
 
-    config = RenderConfig(actors=parse_actors(args.actors), sp_degree=args.sp_degree, defaults=defaults_from(args),
-                          adapters=parse_adapter_sets(args.adapter_set), device=args.device, dtype=args.dtype,
-                          gpus=False if args.cpu else None, cpus_per_actor=args.cpus_per_actor,
-                          retry_failed=not args.keep_failed, log_every_s=args.log_every)
+    config = config_from(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = render(args.prompts, args.out, args.model, config)
     print(report.summary())
