@@ -162,7 +162,8 @@ def test_parse_prompt_and_its_errors():
     assert parsed == {"kind": "video", "background": "black", "texture": "striped", "objects": [
         {"colour": "red", "shape": "circle", "size": "small", "motion": "left"},
         {"colour": "blue", "shape": "square", "size": "large", "motion": "growing"}]}
-    assert parse_prompt_v2("plain gray background with a large cyan triangle at the top")["objects"][0]["motion"] == "top"
+    still = parse_prompt_v2("plain gray background with a large cyan triangle at the top")
+    assert still["kind"] == "image" and still["objects"][0]["motion"] == "top"
     for bad, word in (("a small pink circle growing on a plain black background", "pink"),
                       ("a small red circle moving sideways on a plain black background", "sideways"),
                       ("a small red circle growing on a black wavy background", "texture"),

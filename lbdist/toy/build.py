@@ -6,9 +6,9 @@ word-level tokenizer (`tokenizer.py`) and random weights from a fixed seed. `siz
 tests (a CPU generation takes well under a second). `size="toy"` is the architecture of the bundled toy
 models (`tools/train_toy.py`, `lbdist/toy/weights/`): at least 8 transformer blocks, a 4x spatial / 4x
 temporal VAE, 64x64 px; `size="deep"` the 24-block toys of issue 14 (same VAEs, `lbdist/toy/depth.py`
-measures their final block's cost share and their size); `VAE_CONFIGS` and `SCHEDULER_CONFIGS` hold its VAE and scheduler, and sizes absent
-there keep the builders' tiny defaults. `CALL_DEFAULTS[family]` holds the call arguments that fit these
-pipelines (resolution, frames, text length).
+measures their final block's cost share and their size). `VAE_CONFIGS` and `SCHEDULER_CONFIGS` hold their
+VAEs and schedulers, and sizes absent there keep the builders' tiny defaults. `CALL_DEFAULTS[family]` holds
+the call arguments that fit these pipelines (resolution, frames, text length).
 """
 from __future__ import annotations
 

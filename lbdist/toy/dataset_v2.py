@@ -6,7 +6,8 @@ speed, growing from 0.75x to 1.25x its radius, or bouncing: one hop up and back 
 (`POSITIONS_V2`). The background has a colour (`BACKGROUNDS`) and a texture (`TEXTURES`): plain, striped
 (bands an eighth of the frame wide, horizontal or vertical), checkered (squares an eighth of the frame),
 noisy (random grey cells a sixteenth of the frame) or a linear gradient in a random direction, each a
-grey-level modulation of `texture_amplitude` around the colour. Prompts come from a grammar that names all of it, two templates per kind:
+grey-level modulation of `texture_amplitude` around the colour. Prompts come from a grammar that names all
+of it, two templates per kind:
 
     "a small red circle moving left and a large blue square growing on a black striped background"
     "plain navy background with a large cyan triangle bouncing"

@@ -17,8 +17,9 @@ background colour and texture, then per object its colour, shape, size and motio
 - **objects**: 4-connected foreground components of at least `MIN_AREA` of the frame; their number in most
   frames is the object count; components are linked across frames by colour and position into tracks.
   Per track: colour = median RGB, nearest of `COLOURS`; shape = majority of per-frame template IoU
-  (`classify_shape_v2`: like v1, plus squares with rounded corners, so blur keeps a square a square); size = median radius of the shape with the component's area, "small" below `SIZE_SPLIT` x the
-  frame's smaller side; position = nearest anchor of `POSITIONS_V2`; motion = `bouncing` if a parabola fit
+  (`classify_shape_v2`: like v1, plus squares with rounded corners, so blur keeps a square a square);
+  size = median radius of the shape with the component's area, "small" below `SIZE_SPLIT` x the frame's
+  smaller side; position = nearest anchor of `POSITIONS_V2`; motion = `bouncing` if a parabola fit
   of the height rises and falls back by >= `MIN_TRAVEL` of the frame with its top inside the clip,
   `growing` if the fitted area grows >= `GROWTH_RATIO` x and the centre stays, else left/right/up/down from
   the fitted straight-line displacement (>= `MIN_TRAVEL`), else none.
@@ -285,7 +286,8 @@ def analyse_v2(frames) -> dict:
     names = list(BACKGROUNDS)
     background = names[int(np.argmin(np.linalg.norm(np.array([BACKGROUNDS[k] for k in names]) - rgb, axis=1)))]
     texture = _texture(along, ~_dilate(fg))
-    frames_comps = [[_describe(arr[i], c) for c in comps[:3]] for i, comps in enumerate(_components(fg, MIN_AREA * h * w))]
+    components = _components(fg, MIN_AREA * h * w)
+    frames_comps = [[_describe(arr[i], c) for c in comps[:3]] for i, comps in enumerate(components)]
     counts = Counter(len(c) for c in frames_comps)
     count = max(counts, key=lambda k: (counts[k], k))
     objects = []
