@@ -116,5 +116,5 @@ SPEC = ModelSpec(
                                    pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8)),
                               32, 32, 1, 8, 3.5),
     },
-    toy=ToyGlue(_compression, _set_latent_stats, _normalise, _encode_text, _predict),
+    toy=ToyGlue(_compression, _set_latent_stats, _normalise, _encode_text, _predict, train_sdpa=("flash", "math")),
 )
