@@ -55,8 +55,16 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return str(Path(base).joinpath(*parts))
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only on such systems)
     os.umask(mask)
     return mask
 
@@ -69,7 +77,7 @@ def write_local_atomic(path: str | os.PathLike, write: Callable[[str], None]) ->
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode the user's umask asks for
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the mode the user's umask asks for
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -50,7 +50,7 @@ def test_generate_image_png_and_gif(tmp_path, capsys):
     (["--model", "tiny:wan", "--out", "x.mp4", "--schedule", "0"], "interval N must be an integer >= 1, got 0"),
     (["--model", "tiny:wan", "--out", "x.mp4", "--schedule", "steps:2,4"], "step 0 must be full"),
     (["--model", "tiny:wan", "--out", "x.mp4", "--adapters", "somewhere"], "adapters were given without a schedule"),
-    (["--model", "tiny:unet", "--out", "x.mp4"], "unknown model family 'unet'"),
+    (["--model", "tiny:unet", "--out", "x.mp4"], "unknown family 'unet'"),
     (["--model", "tiny:wan", "--out", "x.mp4", "--dtype", "int8"], "unknown dtype 'int8'"),
     (["--model", "tiny:wan", "--out", "x.mp4", "--steps", "0"], "num_inference_steps must be an integer in 1..1000, got 0"),
     (["--model", "tiny:wan", "--out", "x.mp4", "--schedule", "1"], "bridges no step"),

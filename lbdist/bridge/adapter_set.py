@@ -4,6 +4,12 @@ On disk it is a directory holding `lbdist_adapters.json` (the manifest) and one 
 bridge, `step{b:03d}_{branch}.safetensors`, whose keys are peft state-dict keys relative to the final
 block (`attn.to_q.lora_A.weight`, ...). Nothing is ever unpickled. The calibration step produces sets;
 `enable_bridge(pipe, schedule, adapters=...)` consumes them.
+
+Format 2 (written now) records the sha256 digest of every tensor file; loading checks it. Format 1 sets
+(no digests) still load, with an `UncheckedAdapterSetWarning`. Whatever the format, a manifest may only
+name plain file names inside the set (see adapter_files.py), and every broken set fails with a ValueError
+naming the file and the problem. A set is found by `lbdist.refs.resolve_ref(..., "adapters")`: a local
+directory, an fsspec URI, or a Hub id `owner/name` (never a path that merely looks like one).
 """
 from __future__ import annotations
 
@@ -11,17 +17,26 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..io import atomic_write
+from .adapter_files import (MANIFEST, FsspecSource, LocalSource, check_bridges, check_header, parse_tensors,
+                            read_manifest, sha256_hex)
 from .schedule import Schedule
 
-MANIFEST = "lbdist_adapters.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_KNOWN = ("format_version", "family", "transformer_class", "config_digest", "schedule", "branches", "lora",
+          "bridges")
+
+
+class UncheckedAdapterSetWarning(UserWarning):
+    """A format-1 adapter set was loaded: its manifest has no digests, so file contents were not checked."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +73,28 @@ def adapter_name(step: int, branch: str) -> str:
 
 
 def _file_name(step: int, branch: str) -> str:
+    if not (isinstance(branch, str) and branch and branch.replace("_", "").isalnum() and branch.isascii()):
+        raise ValueError(f"branch name {branch!r} cannot name a file: use letters, digits and _")
     return f"step{step:03d}_{branch}.safetensors"
+
+
+def describe_steps(steps) -> str:
+    """`[1, 2, 3, 5, 7, 8]` -> `1-3, 5, 7-8`."""
+    runs: list[list[int]] = []
+    for s in sorted(steps):
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def describe_bridges(bridges) -> str:
+    """`[(3, 'cond'), (4, 'cond'), (9, 'uncond')]` -> `steps 3-4 (cond); steps 9 (uncond)`."""
+    by_branch: dict[str, list[int]] = {}
+    for step, branch in bridges:
+        by_branch.setdefault(branch, []).append(step)
+    return "; ".join(f"steps {describe_steps(steps)} ({branch})" for branch, steps in sorted(by_branch.items()))
 
 
 @dataclass
@@ -72,6 +108,8 @@ class AdapterSet:
         lora: rank, alpha and target modules.
         weights: `(step, branch) -> peft state dict` of the final block.
         extra: free-form manifest fields (training losses, versions, prompts, ...).
+        digests: `(step, branch) -> sha256` of the bridge's file as last loaded or saved (filled by
+            `load`/`save`; a bridge without one is digested from its weights when the manifest is written).
     """
 
     family: str
@@ -82,6 +120,7 @@ class AdapterSet:
     lora: LoraSettings
     weights: dict[tuple[int, str], dict[str, torch.Tensor]] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    digests: dict[tuple[int, str], str] = field(default_factory=dict, repr=False, compare=False)
 
     def manifest(self) -> dict:
         return {
@@ -92,15 +131,47 @@ class AdapterSet:
             "schedule": self.schedule.to_dict(),
             "branches": list(self.branches),
             "lora": {**asdict(self.lora), "targets": list(self.lora.targets)},
-            "bridges": [
-                {"step": s, "branch": b, "file": _file_name(s, b)} for (s, b) in sorted(self.weights)
-            ],
-            **self.extra,
+            "bridges": [{"step": s, "branch": b, "file": _file_name(s, b), "sha256": self._digest((s, b))}
+                        for (s, b) in sorted(self.weights)],
+            **{k: v for k, v in self.extra.items() if k not in _KNOWN},  # never overriding the fields above
         }
+
+    def _digest(self, key: tuple[int, str]) -> str:
+        if key not in self.digests:
+            self.digests[key] = sha256_hex(_tensor_bytes(self.weights[key]))
+        return self.digests[key]
 
     def missing(self) -> list[tuple[int, str]]:
         """Bridges of the schedule that have no adapter (they run uncalibrated)."""
         return [(s, b) for s in self.schedule.bridged_steps for b in self.branches if (s, b) not in self.weights]
+
+    def check_coverage(self, schedule: Schedule, branches, allow_uncovered: bool = False) -> list[tuple[int, str]]:
+        """The bridges of `schedule` x `branches` this set has no adapter for, sorted by step.
+
+        Such bridges would run uncalibrated (plain reuse of the cached input). Unless `allow_uncovered`,
+        any of them raises a ValueError listing them; call this before generating.
+        """
+        branches = (branches,) if isinstance(branches, str) else tuple(branches)
+        uncovered = [(s, b) for s in schedule.bridged_steps for b in branches if (s, b) not in self.weights]
+        if uncovered and not allow_uncovered:
+            total = len(schedule.bridged_steps) * len(branches)
+            raise ValueError(
+                f"adapter set covers {total - len(uncovered)} of {total} bridges of {schedule.description} over "
+                f"{schedule.num_steps} steps; uncovered: {describe_bridges(uncovered)}. They would run "
+                "uncalibrated: allow that explicitly (allow_uncovered=True) or calibrate the missing bridges "
+                "(rerunning calibration into the set's directory trains only those)")
+        return uncovered
+
+    def coverage_report(self, schedule: Schedule, branches) -> str:
+        """One line for a generation summary: which bridged steps run calibrated and which uncalibrated."""
+        branches = (branches,) if isinstance(branches, str) else tuple(branches)
+        bridges = [(s, b) for s in schedule.bridged_steps for b in branches]
+        uncovered = self.check_coverage(schedule, branches, allow_uncovered=True)
+        covered = [k for k in bridges if k not in uncovered]
+        if not uncovered:
+            return f"calibrated: all {len(bridges)} bridges"
+        return (f"calibrated: {describe_bridges(covered) if covered else 'none'}; "
+                f"uncalibrated: {describe_bridges(uncovered)}")
 
     def check_fits(self, transformer: torch.nn.Module, family: str, schedule: Schedule) -> None:
         """Raise ValueError saying what differs if this set was made for another model or schedule."""
@@ -125,52 +196,70 @@ class AdapterSet:
     def save(self, directory: str | os.PathLike, only: list[tuple[int, str]] | None = None) -> Path:
         """Write the set; each file is written to a temporary name and renamed, so a crash leaves no torn file.
 
-        `only` writes just those bridges' files (the others are already on disk), then the manifest.
+        `only` writes just those bridges' files (the others must already be in `directory` as this set last
+        loaded or saved them), then the manifest, with every file's sha256.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for (step, branch), state in sorted(self.weights.items()):
-            if only is not None and (step, branch) not in only:
+        for key, state in sorted(self.weights.items()):
+            if only is not None and key not in only:
                 continue
-            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-            atomic_write(directory / _file_name(step, branch), lambda p, t=tensors: save_file(t, str(p)))
+            data = _tensor_bytes(state)
+            self.digests[key] = sha256_hex(data)
+            atomic_write(directory / _file_name(*key), lambda p, d=data: Path(p).write_bytes(d))
         text = json.dumps(self.manifest(), indent=2, sort_keys=False)
         atomic_write(directory / MANIFEST, lambda p: Path(p).write_text(text))
         return directory
 
     @classmethod
-    def load(cls, source: str | os.PathLike, device: str | torch.device = "cpu") -> "AdapterSet":
-        """Load from a directory, or from a Hugging Face Hub repo id (downloaded with `snapshot_download`)."""
-        directory = Path(source)
-        if not directory.is_dir():
-            if str(source).count("/") == 1 and not str(source).startswith((".", "/")):
-                from huggingface_hub import snapshot_download
+    def load(cls, source, device: str | torch.device = "cpu") -> "AdapterSet":
+        """Load a set from a local directory, an fsspec URI or a Hub repo id `owner/name`.
 
-                directory = Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors"]))
-            else:
-                raise ValueError(f"adapter set {str(source)!r} is not a directory (nor a Hub repo id 'owner/name')")
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise ValueError(f"{directory} has no {MANIFEST}: not an lbdist adapter set")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {manifest.get('format_version')!r}, "
-                             f"this lbdist reads {FORMAT_VERSION}")
-        weights = {}
-        for entry in manifest["bridges"]:
-            weights[(int(entry["step"]), entry["branch"])] = load_file(str(directory / entry["file"]), device=str(device))
-        known = {"format_version", "family", "transformer_class", "config_digest", "schedule", "branches", "lora", "bridges"}
-        lora = manifest["lora"]
-        return cls(
-            family=manifest["family"],
-            transformer_class=manifest["transformer_class"],
-            config_digest=manifest["config_digest"],
-            schedule=Schedule.from_dict(manifest["schedule"]),
-            branches=tuple(manifest["branches"]),
-            lora=LoraSettings(int(lora["rank"]), float(lora["alpha"]), tuple(lora["targets"])),
-            weights=weights,
-            extra={k: v for k, v in manifest.items() if k not in known},
-        )
+        `source` is resolved by `lbdist.refs.resolve_ref(source, "adapters")` (or is a `Ref` from it):
+        a path is never sent to the Hub, and a Hub id is fetched only when online (offline: from the cache).
+        Every file is checked (names, digests, headers, keys); problems raise ValueError naming the file.
+        """
+        from ..refs import Ref, fetch_hub, resolve_ref
+
+        ref = source if isinstance(source, Ref) else resolve_ref(source, "adapters")
+        if ref.kind == "local":
+            if not Path(ref.value).is_dir():
+                raise ValueError(f"adapter set {ref.text!r}: {ref.value} is a file, not a directory")
+            reader = LocalSource(Path(ref.value))
+        elif ref.kind == "uri":
+            reader = FsspecSource(ref.value)
+        elif ref.kind == "hub":
+            snapshot = fetch_hub(ref, allow_patterns=["*.json", "*.safetensors"])
+            # snapshot files are symlinks into the repo's cache folder (models--o--n/blobs): confine to it
+            root = snapshot.parent.parent if snapshot.parent.name == "snapshots" else snapshot
+            reader = LocalSource(snapshot, root, where=ref.value)
+        else:
+            raise ValueError(f"adapter set {ref.text!r} is a {ref.kind} reference; give a directory, URI or Hub id")
+        return cls._read(reader, device)
+
+    @classmethod
+    def _read(cls, reader, device) -> "AdapterSet":
+        manifest = read_manifest(reader)
+        where = reader.path_of(MANIFEST)
+        header = check_header(manifest, where, READABLE_VERSIONS)
+        entries = check_bridges(manifest, where, header)
+        if header.version < 2:
+            warnings.warn(f"{where}: format_version {header.version} has no file digests, so the set's files "
+                          "were not checked; re-save it (AdapterSet.load(...).save(dir)) to add them",
+                          UncheckedAdapterSetWarning, stacklevel=3)
+        weights, digests = {}, {}
+        for i, entry in enumerate(entries):
+            data = reader.read(entry.file, f"{where}: bridges[{i}]")
+            digest = sha256_hex(data)
+            if entry.sha256 is not None and digest != entry.sha256:
+                raise ValueError(f"{reader.path_of(entry.file)}: sha256 mismatch: the manifest says {entry.sha256}, "
+                                 f"the file has {digest} (changed or corrupted after the set was written)")
+            state = parse_tensors(data, reader.path_of(entry.file), header.lora)
+            weights[(entry.step, entry.branch)] = {k: v.to(device) for k, v in state.items()}
+            digests[(entry.step, entry.branch)] = digest
+        return cls(header.family, header.transformer_class, header.config_digest, header.schedule,
+                   header.branches, header.lora, weights,
+                   {k: v for k, v in manifest.items() if k not in _KNOWN}, digests)
 
     def push_to_hub(self, repo_id: str, private: bool = True) -> str:
         """Upload the set to a Hub model repo (needs network and a token); returns the repo URL."""
@@ -183,6 +272,10 @@ class AdapterSet:
             api.upload_folder(folder_path=tmp, repo_id=repo_id)
         return f"https://huggingface.co/{repo_id}"
 
+
+def _tensor_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """A bridge's safetensors file, as bytes (deterministic: the digest of the same weights never changes)."""
+    return safetensors_bytes({k: v.detach().to("cpu").contiguous() for k, v in state.items()})
 
 
 def random_adapter_set(transformer: torch.nn.Module, schedule: Schedule, branches: tuple[str, ...] | None = None,

@@ -89,7 +89,7 @@ def apply_bridge(pipe_or_transformer, *, config: BridgeConfig | None, cache_limi
         else:
             adapters = _load_set(config)
             adapters.check_fits(transformer, runtime.spec.family, config.schedule)
-            check_coverage(adapters, config)
+            check_coverage(adapters, config, config.branches or runtime.spec.branches)
             resident = runtime.adapter_cache.get(key, lambda: adapters)
         if resident.adapters.schedule != config.schedule:
             resident.adapters.check_fits(transformer, runtime.spec.family, config.schedule)
@@ -97,15 +97,10 @@ def apply_bridge(pipe_or_transformer, *, config: BridgeConfig | None, cache_limi
     return runtime
 
 
-def check_coverage(adapters: AdapterSet, config: BridgeConfig) -> list[tuple[int, str]]:
-    """Bridges of the schedule without an adapter; refused unless `config.allow_uncovered`."""
-    missing = adapters.missing()
-    if missing and not config.allow_uncovered:
-        shown = ", ".join(f"{s}/{b}" for s, b in missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise ValueError(f"the adapter set covers {len(adapters.weights)} of {len(adapters.weights) + len(missing)} "
-                         f"bridges of {config.schedule.description}; uncovered (step/branch): {shown}. Calibrate them, "
-                         "or pass allow_uncovered=True to run those steps uncalibrated")
-    return missing
+def check_coverage(adapters: AdapterSet, config: BridgeConfig, branches: tuple[str, ...]) -> list[tuple[int, str]]:
+    """Bridges of the schedule x branches without an adapter; refused (ValueError listing them) unless
+    `config.allow_uncovered` (they then run uncalibrated, and a generation's `steps` says which)."""
+    return adapters.check_coverage(config.schedule, branches, allow_uncovered=config.allow_uncovered)
 
 
 def remove_bridge(pipe_or_transformer) -> None:

@@ -26,12 +26,15 @@ class BridgeConfig:
             identity for an `AdapterSet`). Two requests with the same id reuse the injected adapters.
         allow_uncovered: accept an adapter set that covers only some bridged steps (the others run
             uncalibrated, and the generation summary says which); default False refuses such a set.
+        branches: the guidance branches the run uses (coverage is checked for these); None: the family's
+            (`ModelSpec.branches`, e.g. `cond` and `uncond` for Wan with guidance on).
     """
 
     schedule: Schedule
     adapters: AdapterRef = None
     adapter_id: str | None = None
     allow_uncovered: bool = False
+    branches: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):

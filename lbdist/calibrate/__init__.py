@@ -13,18 +13,26 @@ import os
 from pathlib import Path
 
 from .config import RecordConfig, TrainConfig
-from .recorder import record_pairs
+from .recorder import pairs_differences, record_pairs
+from .resume import SettingsChanged
 from .trainer import load_pairs, train_adapters, train_bridge
 
 
 def calibrate(pipe, schedule, record: RecordConfig, out_dir: str | os.PathLike, train: TrainConfig = TrainConfig(),
-              pairs_dir: str | os.PathLike | None = None, progress: bool = True):
-    """Record pairs (into `pairs_dir`, default `<out_dir>-pairs`) and train the adapter set into `out_dir`."""
+              pairs_dir: str | os.PathLike | None = None, progress: bool = True, restart: bool = False):
+    """Record pairs (into `pairs_dir`, default `<out_dir>-pairs`) and train the adapter set into `out_dir`.
+
+    A rerun resumes both halves if their settings are unchanged, and refuses other settings listing the
+    differences (`SettingsChanged`, a ValueError). `restart=True` starts over: the adapter set in `out_dir`
+    is trained again from scratch, and the pairs are recorded again if their recording settings changed
+    (identical settings record identical pairs, so those are kept).
+    """
     out_dir = Path(out_dir)
     pairs_dir = Path(pairs_dir) if pairs_dir is not None else out_dir.with_name(out_dir.name + "-pairs")
-    record_pairs(pipe, schedule, record, pairs_dir, progress=progress)
-    return train_adapters(pipe.transformer, pairs_dir, out_dir, train, progress=progress)
+    redo_pairs = restart and bool(pairs_differences(pipe, schedule, record, pairs_dir))
+    record_pairs(pipe, schedule, record, pairs_dir, progress=progress, restart=redo_pairs)
+    return train_adapters(pipe.transformer, pairs_dir, out_dir, train, progress=progress, restart=restart)
 
 
-__all__ = ["RecordConfig", "TrainConfig", "calibrate", "load_pairs", "record_pairs",
-           "train_adapters", "train_bridge"]
+__all__ = ["RecordConfig", "SettingsChanged", "TrainConfig", "calibrate", "load_pairs", "pairs_differences",
+           "record_pairs", "train_adapters", "train_bridge"]

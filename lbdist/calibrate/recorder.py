@@ -21,6 +21,7 @@ from .. import __version__
 from ..bridge import Schedule, config_digest, disable_bridge, enable_bridge
 from ..models import BlockArgs, get_spec
 from .config import RecordConfig
+from .resume import RECORDING_KEYS, clear_pairs, refusal, settings_differences
 from .store import TensorStore, append_index, read_index, read_manifest, write_manifest
 
 
@@ -51,25 +52,41 @@ def pairs_manifest(pipe, schedule: Schedule, config: RecordConfig) -> dict:
     }
 
 
-def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | os.PathLike,
-                 progress: bool = True) -> dict:
-    """Record every bridge's pairs for `config.prompts` into `out_dir`; returns the manifest.
+def pairs_differences(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | os.PathLike) -> list[str]:
+    """`name: old -> new` for each recording setting that differs from the recording in `out_dir` (none
+    if `out_dir` holds no recording)."""
+    existing = read_manifest(out_dir) if Path(out_dir).is_dir() else None
+    if existing is None:
+        return []
+    return settings_differences(existing, pairs_manifest(pipe, schedule, config), RECORDING_KEYS)
 
-    Resumes: prompts listed as completed in an existing manifest of the same model, schedule and prompts
-    are skipped. A manifest for another model, schedule or prompt list is refused.
-    """
-    out_dir = Path(out_dir)
+
+def _start_or_resume(out_dir: Path, manifest: dict, restart: bool) -> dict:
+    """Write the manifest of a new recording, or of the resumed one (same settings) with its progress."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = pairs_manifest(pipe, schedule, config)
+    if restart:
+        clear_pairs(out_dir)
     existing = read_manifest(out_dir)
     if existing is not None:
-        keys = ("transformer_class", "config_digest", "schedule", "prompts", "seeds", "call_kwargs")
-        diff = [k for k in keys if existing.get(k) != manifest[k]]
+        diff = settings_differences(existing, manifest, RECORDING_KEYS)
         if diff:
-            raise ValueError(f"{out_dir} holds pairs recorded with a different {', '.join(diff)}; "
-                             "record into a new directory")
-        manifest["completed_prompts"] = existing["completed_prompts"]
+            raise refusal("pairs recorded", out_dir, diff)
+        manifest["completed_prompts"] = existing.get("completed_prompts", [])
     write_manifest(out_dir, manifest)
+    return manifest
+
+
+def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | os.PathLike,
+                 progress: bool = True, restart: bool = False) -> dict:
+    """Record every bridge's pairs for `config.prompts` into `out_dir`; returns the manifest.
+
+    Resumes: prompts listed as completed in an existing recording with the same settings (model, schedule,
+    prompts, seeds, call arguments) are skipped. A recording with other settings is refused with the
+    differences listed (`SettingsChanged`, a ValueError), unless `restart`, which discards the recording
+    in `out_dir` (whatever its settings) and records again.
+    """
+    out_dir = Path(out_dir)
+    manifest = _start_or_resume(out_dir, pairs_manifest(pipe, schedule, config), restart)
 
     transformer = pipe.transformer
     spec = get_spec(transformer)

@@ -24,6 +24,7 @@ from ..bridge import AdapterSet, LoraSettings, Schedule, config_digest
 from ..bridge.adapter_set import MANIFEST as ADAPTER_MANIFEST
 from ..models import BlockArgs, ModelSpec, get_spec
 from .config import TrainConfig
+from .resume import BRIDGE_RECORDING_KEYS, clear_adapter_set, refusal, settings_differences, training_settings
 from .store import TensorStore, read_index, read_manifest
 
 
@@ -133,14 +134,8 @@ def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last
     return state, info
 
 
-def train_adapters(transformer: torch.nn.Module, pairs_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   config: TrainConfig = TrainConfig(), progress: bool = True, stop_after: int | None = None) -> AdapterSet:
-    """Train every bridge recorded in `pairs_dir` and write the adapter set to `out_dir` as it goes.
-
-    Bridges already in `out_dir` (same model, schedule and LoRA shape) are skipped. `stop_after` stops
-    after that many newly trained bridges (used to test resumption).
-    """
-    spec = get_spec(transformer)
+def _recording(transformer: torch.nn.Module, spec: ModelSpec, pairs_dir) -> dict:
+    """The pairs manifest of `pairs_dir`, refused if it was recorded on another model."""
     manifest = read_manifest(pairs_dir)
     if manifest is None:
         raise ValueError(f"{pairs_dir} holds no recorded pairs (no pairs_manifest.json); run the recorder first")
@@ -148,6 +143,52 @@ def train_adapters(transformer: torch.nn.Module, pairs_dir: str | os.PathLike, o
     if manifest["config_digest"] != digest or manifest["family"] != spec.family:
         raise ValueError(f"pairs in {pairs_dir} were recorded on {manifest['transformer_class']} (config digest "
                          f"{manifest['config_digest']}), not on this {type(transformer).__name__} ({digest})")
+    return manifest
+
+
+def _set_fields(adapters: AdapterSet) -> dict:
+    """What the whole set must share to be resumed: model, schedule, LoRA shape."""
+    return {"model": f"{adapters.transformer_class} (config digest {adapters.config_digest})",
+            "schedule": adapters.schedule.to_dict(), "lora_rank": adapters.lora.rank,
+            "lora_alpha": adapters.lora.alpha, "lora_targets": list(adapters.lora.targets)}
+
+
+def _resume(adapters: AdapterSet, out_dir: Path, settings: dict) -> None:
+    """Take the bridges already trained in `out_dir` into `adapters`, if they were trained for the same
+    model, schedule and LoRA shape, and each with exactly `settings`; SettingsChanged otherwise."""
+    try:
+        done = AdapterSet.load(out_dir)
+    except ValueError as e:
+        raise ValueError(f"{e}; pass restart=True (CLI --restart) to start over in {out_dir}") from None
+    differences = settings_differences(_set_fields(done), _set_fields(adapters))
+    info = done.extra.get("training") if isinstance(done.extra.get("training"), dict) else {}
+    for step, branch in sorted(done.weights):
+        entry = info.get(f"{step}_{branch}")
+        old = entry.get("settings") if isinstance(entry, dict) else None
+        for line in settings_differences(old if isinstance(old, dict) else {}, settings):
+            if line not in differences:
+                differences.append(line)
+    if differences:
+        raise refusal(f"an adapter set ({len(done.weights)} bridges) trained", out_dir, differences)
+    adapters.weights.update(done.weights)
+    adapters.digests.update(done.digests)
+    adapters.extra["training"].update(info)
+
+
+def train_adapters(transformer: torch.nn.Module, pairs_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   config: TrainConfig = TrainConfig(), progress: bool = True, stop_after: int | None = None,
+                   restart: bool = False) -> AdapterSet:
+    """Train every bridge recorded in `pairs_dir` and write the adapter set to `out_dir` as it goes.
+
+    Bridges already in `out_dir` are kept and skipped if they were trained for the same model, schedule
+    and LoRA shape with the same settings (resolved TrainConfig, and the recording's prompts, seeds and
+    call arguments); otherwise `SettingsChanged` (a ValueError) lists the differences. `restart` discards
+    the set in `out_dir` first and trains every bridge again. Each bridge's manifest entry
+    (`training.<step>_<branch>`) records the settings it was trained with. `stop_after` stops after that
+    many newly trained bridges (used to test resumption).
+    """
+    spec = get_spec(transformer)
+    manifest = _recording(transformer, spec, pairs_dir)
     config = config.resolved(spec.family)
     schedule = Schedule.from_dict(manifest["schedule"])
     entries = read_index(pairs_dir)
@@ -155,19 +196,23 @@ def train_adapters(transformer: torch.nn.Module, pairs_dir: str | os.PathLike, o
     bridges = sorted({(e["step"], e["branch"]) for e in entries})
     prompts = sorted({e["prompt"] for e in entries})
     held = set(prompts[len(prompts) - config.holdout_prompts:]) if 0 < config.holdout_prompts < len(prompts) else set()
-    lora = LoraSettings(config.rank, config.alpha, spec.lora_targets)
-    out_dir = Path(out_dir)
-    adapters = AdapterSet(spec.family, spec.transformer_class.__name__, digest, schedule, branches, lora,
+    settings = training_settings(config, manifest)
+    adapters = AdapterSet(spec.family, spec.transformer_class.__name__, manifest["config_digest"], schedule, branches,
+                          LoraSettings(config.rank, config.alpha, spec.lora_targets),
                           extra={"lbdist_version": __version__, "training": {}, "train_config": asdict(config),
+                                 "recording": {k: manifest.get(k) for k in BRIDGE_RECORDING_KEYS},
                                  "calibration_prompts": manifest["prompts"], "held_out_prompts": sorted(held)})
-    if (out_dir / ADAPTER_MANIFEST).is_file():
-        done = AdapterSet.load(out_dir)
-        if (done.config_digest, done.schedule, done.lora) != (digest, schedule, lora):
-            raise ValueError(f"{out_dir} holds an adapter set for another model, schedule or LoRA shape; "
-                             "train into a new directory")
-        adapters.weights.update(done.weights)
-        adapters.extra["training"].update(done.extra.get("training", {}))
-    final = spec.final_block(transformer)
+    out_dir = Path(out_dir)
+    if restart:
+        clear_adapter_set(out_dir)
+    elif (out_dir / ADAPTER_MANIFEST).is_file():
+        _resume(adapters, out_dir, settings)
+    _train_missing(adapters, spec, spec.final_block(transformer), pairs_dir, out_dir, config, bridges, held,
+                   settings, progress, stop_after)
+    return adapters
+
+
+def _train_missing(adapters, spec, final, pairs_dir, out_dir, config, bridges, held, settings, progress, stop_after):
     device = next(final.parameters()).device
     todo = [b for b in bridges if b not in adapters.weights]
     bar = tqdm(todo, desc="training bridges", disable=not progress)
@@ -184,7 +229,6 @@ def train_adapters(transformer: torch.nn.Module, pairs_dir: str | os.PathLike, o
         state, info = train_bridge(final, spec, train, held_out, config, spec.lora_targets,
                                    seed=bridge_seed(config.seed, step, branch), on_eval=show)
         adapters.weights[(step, branch)] = state
-        adapters.extra["training"][f"{step}_{branch}"] = info
+        adapters.extra["training"][f"{step}_{branch}"] = {**info, "settings": settings}
         adapters.save(out_dir, only=[(step, branch)])
     bar.close()
-    return adapters

@@ -44,16 +44,8 @@ def output_format(out: str) -> str:
     return suffix
 
 
-def set_threads() -> None:
-    """One torch thread per process on the CPU unless LBDIST_NUM_THREADS says otherwise (see README)."""
-    import os
+def set_threads(device: str | None = "auto") -> int:
+    """One torch thread per process on the CPU unless the user says otherwise (`lbdist.runtime.default_threads`)."""
+    from ..runtime import default_threads
 
-    import torch
-
-    value = os.environ.get("LBDIST_NUM_THREADS")
-    if value is not None:
-        if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"LBDIST_NUM_THREADS={value!r}: must be an integer >= 1")
-        torch.set_num_threads(int(value))
-    elif not torch.cuda.is_available():
-        torch.set_num_threads(1)
+    return default_threads(device)

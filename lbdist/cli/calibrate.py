@@ -21,7 +21,7 @@ def read_prompts(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibrate import RecordConfig, TrainConfig, record_pairs, train_adapters
+    from ..calibrate import RecordConfig, TrainConfig, calibrate
     from ..generation.request import GenerationRequest
 
     prompts = read_prompts(args.prompts)
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
                               num_inference_steps=args.steps, guidance_scale=args.guidance, schedule=args.schedule)
     if args.seeds and len(args.seeds) != len(prompts):
         raise ValueError(f"--seeds: {len(args.seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
-    set_threads()
+    set_threads(args.device)
     from ..generation.loading import load_pipeline
 
     loaded = load_pipeline(args.model, device=args.device, dtype=args.dtype)
@@ -44,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     pairs = Path(args.pairs) if args.pairs else out.with_name(out.name + "-pairs")
     loaded.pipe.set_progress_bar_config(disable=True)
-    record_pairs(loaded.pipe, schedule, record, pairs)
-    adapters = train_adapters(loaded.pipe.transformer, pairs, out, train)
+    adapters = calibrate(loaded.pipe, schedule, record, out, train, pairs_dir=pairs, restart=args.restart)
     info = adapters.extra.get("training", {}).values()
     gain = [i["loss_best"] / i["loss_uncalibrated"] for i in info if i["loss_uncalibrated"] > 0]
     print(f"wrote {out} | {len(adapters.weights)} adapters for {schedule.description} over {steps} steps | "
@@ -76,4 +75,6 @@ def register(sub) -> None:
     c.add_argument("--width", type=int, default=None)
     c.add_argument("--frames", type=int, default=None)
     c.add_argument("--guidance", type=float, default=None)
+    c.add_argument("--restart", action="store_true",
+                   help="start over in --out (a rerun with other settings is refused otherwise, listing the differences)")
     c.set_defaults(func=run)

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     request = GenerationRequest(args.prompt, output_format=output_format(args.out), **request_fields(args))
     check_writable(args.out)
-    set_threads()
+    set_threads(args.device)
     from ..generation.generator import Generator, GeneratorConfig
     from tqdm.auto import tqdm
 

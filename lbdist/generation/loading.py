@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..models import get_spec_by_family, spec_for_pipeline
+from ..refs import ensure_available, hub_errors, resolve_ref
 from .request import ModelInfo
 
 DEFAULTS_FILE = "lbdist_defaults.json"
@@ -66,8 +67,15 @@ def resolve_device(name: str | None) -> str:
 
 def pipe_factors(pipe) -> tuple[int, int]:
     """(spatial, temporal) VAE factors of a pipeline (temporal 1 for image pipelines)."""
-    spatial = getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_scale_factor", 8)
-    return int(spatial), int(getattr(pipe, "vae_scale_factor_temporal", 1) or 1)
+    def first(*names, default):
+        for name in names:
+            value = getattr(pipe, name, None)
+            if value:
+                return int(value)
+        return default
+
+    return (first("vae_scale_factor_spatial", "vae_spatial_compression_ratio", "vae_scale_factor", default=8),
+            first("vae_scale_factor_temporal", "vae_temporal_compression_ratio", default=1))
 
 
 def model_info(pipe, call_defaults: dict | None = None, source: str = "") -> ModelInfo:
@@ -93,19 +101,23 @@ def load_pipeline(source: str, device: str | None = "auto", dtype: str | torch.d
         raise ValueError(f"model must be a reference string (tiny:<family>, toy:<family>, a folder, a Hub id), got {source!r}")
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    if source.startswith("tiny:"):
+    ref = resolve_ref(source, "model")
+    if ref.kind == "builtin" and source.startswith("tiny:"):
         from ..toy.build import build_pipeline, call_defaults
 
         family = source.split(":", 1)[1]
         get_spec_by_family(family)  # a clear error for an unknown family
         pipe, defaults = build_pipeline(family, "tiny"), {**call_defaults(family, "tiny"), "num_inference_steps": 20}
-    elif source.startswith("toy:"):
+    elif ref.kind == "builtin":
         from ..toy import load_toy
 
         pipe, defaults = load_toy(source.split(":", 1)[1])
         defaults = dict(defaults)
+    elif ref.kind == "uri":
+        raise ValueError(f"model {source!r}: models are loaded from a local folder or a Hub id, not from a URI; "
+                         "copy the folder locally (or to the Hub) first")
     else:
-        pipe, defaults = _from_pretrained(source, torch_dtype)
+        pipe, defaults = _from_pretrained(ref, torch_dtype)
     spec_for_pipeline(pipe)  # refuses a pipeline lbdist has no spec for, naming the supported ones
     if pipe.transformer.dtype != torch_dtype:
         pipe.to(dtype=torch_dtype)
@@ -113,13 +125,17 @@ def load_pipeline(source: str, device: str | None = "auto", dtype: str | torch.d
     return LoadedPipeline(pipe, spec_for_pipeline(pipe).family, source, defaults)
 
 
-def _from_pretrained(source: str, torch_dtype: torch.dtype):
+def _from_pretrained(ref, torch_dtype: torch.dtype):
     from diffusers import DiffusionPipeline
 
-    path = Path(source).expanduser()
-    if not path.is_dir() and (source.startswith((".", "/", "~")) or source.count("/") != 1):
-        raise ValueError(f"model {source!r} is neither a local diffusers folder nor a Hub id 'owner/name' "
-                         "(nor tiny:<family> / toy:<family>)")
-    pipe = DiffusionPipeline.from_pretrained(str(path) if path.is_dir() else source, torch_dtype=torch_dtype)
-    defaults = json.loads((path / DEFAULTS_FILE).read_text()) if (path / DEFAULTS_FILE).is_file() else {}
-    return pipe, defaults
+    if ref.kind == "local":
+        path = Path(ref.value)
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"model {ref.text!r}: {path} is not a diffusers pipeline folder (no model_index.json)")
+        pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
+        defaults = json.loads((path / DEFAULTS_FILE).read_text()) if (path / DEFAULTS_FILE).is_file() else {}
+        return pipe, defaults
+    ensure_available(ref)
+    with hub_errors(ref):
+        pipe = DiffusionPipeline.from_pretrained(ref.value, torch_dtype=torch_dtype)
+    return pipe, {}

@@ -122,5 +122,5 @@ SPEC = ModelSpec(
                               vae=dict(_REAL_VAE, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
                                        latent_channels=4, norm_num_groups=4)),
     },
-    toy=ToyGlue(_compression, _set_latent_stats, _normalise, _encode_text, _predict),
+    toy=ToyGlue(_compression, _set_latent_stats, _normalise, _encode_text, _predict, train_sdpa=("flash", "math")),
 )

@@ -74,6 +74,9 @@ class ToyGlue:
     normalise(pipe, raw) -> latents in the space the transformer samples in.
     encode_text(pipe, prompts, max_sequence_length, prompt_template) -> dict of batch-first tensors.
     predict(pipe, noisy, sigma, cond, guidance) -> velocity for unpacked latents at noise levels `sigma`.
+    train_sdpa: torch SDPA backends (`"flash"`, `"math"`, ...) training steps on CUDA are restricted to; empty:
+        torch's choice. FLUX sets ("flash", "math"): its first bf16 backward crashed on H100/H200 with the default
+        choice (cuDNN attention suspected; unverified on a GPU since).
     """
 
     compression: Callable
@@ -81,6 +84,7 @@ class ToyGlue:
     normalise: Callable
     encode_text: Callable
     predict: Callable
+    train_sdpa: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
