@@ -81,7 +81,7 @@ def bridged_loop(model: torch.nn.Module, latents, kwargs_at, steps: int, interva
     """A real `steps`-step loop with the bridge at `Schedule.periodic(steps, interval)` and random adapters."""
     schedule = Schedule.periodic(steps, interval)
     adapters = random_adapters(model, schedule, rank)
-    runtime = apply_bridge(model, config=BridgeConfig(schedule, adapters=adapters))
+    runtime = apply_bridge(model, config=BridgeConfig(schedule, adapters=adapters, branches=("cond",)))
     reset_peak(latents.device)
     try:
         with torch.no_grad():

@@ -212,7 +212,7 @@ def _apply_bridge(calibrated: bool):
         ref = setup.adapters(n) if calibrated else None
         adapters = AdapterSet.load(ref) if isinstance(ref, (str, os.PathLike)) else ref
         key = None if ref is None or isinstance(ref, AdapterSet) else os.fspath(ref)
-        apply_bridge(pipe, config=BridgeConfig(schedule, adapters=adapters, adapter_id=key))
+        apply_bridge(pipe, config=BridgeConfig(schedule, adapters=adapters, adapter_id=key, branches=setup.branches))
         record = {"schedule": schedule.description, "full_steps": len(schedule.full_steps),
                   "bridged_steps": len(schedule.bridged_steps)}
         if adapters is not None:

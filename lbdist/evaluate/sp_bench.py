@@ -44,7 +44,8 @@ def _build(worker, name: str, mode: str, dtype: torch.dtype) -> torch.nn.Module:
 def _bridged_times(model, kwargs_at, latents, repeats: int, rank: int) -> list[float]:
     """Step 0 full, then `repeats` bridged steps with their adapters, each through a real cache_context."""
     schedule = Schedule.explicit(repeats + 2, [0])
-    apply_bridge(model, config=BridgeConfig(schedule, adapters=random_adapters(model, schedule, rank)))
+    apply_bridge(model, config=BridgeConfig(schedule, adapters=random_adapters(model, schedule, rank),
+                                            branches=("cond",)))
     times = []
     try:
         for i in range(repeats + 2):
@@ -66,8 +67,8 @@ def _loop(model, name: str, kwargs_at, latents, steps: int, interval: int, rank:
     spec, size = realsize.lookup(name)
     branches = tuple(spec.branches)
     schedule = Schedule.periodic(steps, interval)
-    runtime = apply_bridge(model, config=BridgeConfig(schedule, adapters=random_adapters(model, schedule, rank,
-                                                                                           branches)))
+    adapters = random_adapters(model, schedule, rank, branches)
+    runtime = apply_bridge(model, config=BridgeConfig(schedule, adapters=adapters, branches=branches))
     negative = None
     if len(branches) > 1:
         text = kwargs_at(latents, 0.5)["encoder_hidden_states"]

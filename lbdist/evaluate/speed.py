@@ -147,8 +147,10 @@ def pipeline_call(ctx: SimpleNamespace, n: int) -> dict:
         random_adapters(ctx.model, Schedule.periodic(ctx.steps, n), ctx.rank).save(tmp)
         reset_peak(ctx.device)
         try:
-            result = Engine(loaded).run(GenerationRequest(realsize.full_prompt(size.text_tokens), schedule=str(n),
-                                                          adapters=tmp, guidance_scale=guidance, output_format="np"))
+            # one branch runs (guidance 1 for true-CFG families): the set covers `cond`, the only one called
+            request = GenerationRequest(realsize.full_prompt(size.text_tokens), schedule=str(n), adapters=tmp,
+                                        guidance_scale=guidance, allow_uncovered=len(spec.branches) > 1)
+            result = Engine(loaded).run(request)
         finally:
             remove_bridge(loaded.pipe)
     t = result.timings
