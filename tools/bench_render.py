@@ -17,8 +17,7 @@ from 1 to 2 GPUs for the better 2-GPU layout (issue 13's target: >= 1.85x), and 
 The JSON (card, commit, date, versions, settings, every layout) is written after each layout; a later call with
 the same --out and other --layouts adds to it (so layouts can be split over device calls of at most 10 minutes).
 
-Dependency: real-size builders from `lbdist.evaluate.realsize` (being moved there from `tools/realsize.py`); until
-that lands the script uses `tools/realsize.py`, which Ray workers import through PYTHONPATH set here.
+Real-size models come from `lbdist.evaluate.realsize` (random weights, seeded, so every rank builds the same).
 """
 from __future__ import annotations
 
@@ -41,28 +40,6 @@ MODELS = {"wan-1.3b": "Wan2.1-T2V-1.3B config", "hunyuan-video": "HunyuanVideo c
 TARGET_SCALING = 1.85
 
 
-def realsize_module():
-    try:
-        from lbdist.evaluate import realsize  # noqa: F401
-    except ImportError:
-        import realsize  # tools/realsize.py (on PYTHONPATH, see main)
-    return realsize
-
-
-def realsize_pipeline(name: str, device: str = "cuda", dtype: str = "bfloat16"):
-    """Pipeline factory run by every actor (or rank): the real-size transformer with random weights (seeded, so
-    every rank of a group builds the same), small text encoders and VAE, and the shape's call defaults."""
-    import torch
-
-    from lbdist.generation.loading import LoadedPipeline, resolve_dtype
-
-    realsize = realsize_module()
-    torch.manual_seed(0)
-    pipe = realsize.bench_pipeline(name, device=device, dtype=resolve_dtype(dtype, device))
-    defaults = {**realsize.call_kwargs(name, realsize.SHAPES[name]), "num_inference_steps": 50}
-    return LoadedPipeline(pipe, realsize.CONFIGS[name][0], f"realsize:{name}", defaults)
-
-
 def random_adapters(model: str, quick: bool, schedule: str, steps: int, directory: Path) -> str:
     """A random rank-32 adapter set for every bridge of the schedule, saved to `directory` (built on the meta
     device for real-size configs: only the final block's shapes matter)."""
@@ -76,7 +53,9 @@ def random_adapters(model: str, quick: bool, schedule: str, steps: int, director
 
         transformer = load_pipeline(model, "cpu", "float32").pipe.transformer
     else:
-        transformer = realsize_module().build(model, device="meta", dtype=torch.float32)
+        from lbdist.evaluate import realsize
+
+        transformer = realsize.build_transformer(model, device="meta", dtype=torch.float32)
     random_adapter_set(transformer, Schedule.parse(schedule, steps)).save(directory)
     return str(directory)
 
@@ -147,12 +126,14 @@ def model_facts(model: str, quick: bool) -> dict:
         return {"name": model, "heads": 2, "tokens": 8, "weights_gib": 0.0}
     import torch
 
-    realsize = realsize_module()
-    transformer = realsize.build(model, device="meta", dtype=torch.bfloat16)
+    from lbdist.evaluate import realsize
+
+    transformer = realsize.build_transformer(model, device="meta", dtype=torch.bfloat16)
     params = sum(p.numel() for p in transformer.parameters())
-    return {"name": model, "description": MODELS[model], "shape": realsize.SHAPES[model].label(),
-            "heads": int(realsize.CONFIGS[model][1]["num_attention_heads"]),
-            "tokens": realsize.latent_tokens(model, realsize.SHAPES[model]), "weights_gib": round(params * 2 / 2**30, 2)}
+    _, size = realsize.lookup(model)
+    return {"name": model, "description": MODELS[model], "shape": size.label(),
+            "heads": int(size.config["num_attention_heads"]), "tokens": realsize.latent_tokens(model),
+            "weights_gib": round(params * 2 / 2**30, 2)}
 
 
 def environment(quick: bool) -> dict:
@@ -211,7 +192,6 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TOOLS), os.environ.get("PYTHONPATH", "")])
     import ray
     import torch
 
@@ -226,11 +206,11 @@ def main(argv=None) -> int:
     report.update(environment=env, model=model_facts(args.model, args.quick),
                   gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
                   if torch.cuda.is_available() else 24.0, quick=args.quick)
-    ray.init(num_cpus=3 if args.quick else None, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    ray.init(num_cpus=3 if args.quick else None, include_dashboard=False)
     from lbdist.parallel.config import PipelineFactory
 
-    model = "tiny:wan" if args.quick else PipelineFactory("bench_render:realsize_pipeline", {"name": args.model})
+    model = "tiny:wan" if args.quick else PipelineFactory("lbdist.evaluate.realsize:realsize_pipeline",
+                                                           {"name": args.model})
     with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:
         adapters = None if args.no_adapters else random_adapters(settings["model"] if args.quick else args.model,
                                                                  args.quick, args.schedule, args.steps, Path(tmp) / "set")

@@ -144,6 +144,17 @@ def loaded_pipeline(name: str, transformer: torch.nn.Module, steps: int, device=
     return LoadedPipeline(pipe, spec.family, f"realsize:{name}", defaults)
 
 
+def realsize_pipeline(name: str, device: str = "cuda", dtype: str = "bfloat16", steps: int = 50, seed: int = 0):
+    """A pipeline factory for worker groups and render actors (`PipelineFactory("lbdist.evaluate.realsize:
+    realsize_pipeline", {"name": ...})`): the size's transformer with seeded random weights (every rank builds the
+    same), small text encoders and the size's VAE, and the size's call arguments as defaults."""
+    from ..generation.loading import resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype, device)
+    torch.manual_seed(seed)
+    return loaded_pipeline(name, build_transformer(name, device, torch_dtype), steps, device, torch_dtype)
+
+
 class _Captured(Exception):
     """Raised by the capture hook to stop the pipeline before the transformer runs."""
 

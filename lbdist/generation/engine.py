@@ -103,7 +103,11 @@ class Engine:
         if schedule is None:
             return None
         ref = None if request.adapters is None else self.adapters.get(request.adapters, request.adapters)
-        return BridgeConfig(schedule, adapters=ref, adapter_id=request.adapters, allow_uncovered=request.allow_uncovered)
+        branches = self.info.branches
+        if len(branches) > 1 and not (request.guidance_scale or 0) > 1.0:
+            branches = branches[:1]  # two-branch pipelines run only the conditional branch without guidance
+        return BridgeConfig(schedule, adapters=ref, adapter_id=request.adapters, allow_uncovered=request.allow_uncovered,
+                            branches=branches)
 
     def run(self, request: GenerationRequest, *, progress: Progress | None = None, cancel: Cancel | None = None,
             keep_latents: bool = False) -> GenerationResult:
