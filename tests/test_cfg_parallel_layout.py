@@ -1,4 +1,4 @@
-"""The layout rule (`lbdist.parallel.layout.choose_layout`) as a table, its errors, and what it reads from models.
+"""The layout rule (`lbdist.parallel.layout.choose_group_layout`) as a table, its errors, and what it reads from models.
 
 Rule: CFG first (cfg 2 for a two-branch model on an even group), then Ulysses as far as the head count allows
 (gcd of the ranks left and the heads), then ring for the rest; degrees given explicitly are kept.
@@ -10,7 +10,7 @@ import re
 import pytest
 
 from lbdist.parallel import DegreeError, PipelineFactory
-from lbdist.parallel.layout import Layout, ModelShape, choose_layout, describe
+from lbdist.parallel.layout import GroupLayout, ModelShape, choose_group_layout, describe
 
 WAN_14B = ModelShape("wan", branches=2, heads=40)          # Wan2.1-14B: true CFG, 40 heads
 WAN_1_3B = ModelShape("wan", branches=2, heads=12)         # Wan2.1-1.3B: true CFG, 12 heads
@@ -40,21 +40,21 @@ TABLE = [  # world, model, explicit degrees, (cfg, ulysses, ring)
 
 @pytest.mark.parametrize("world, model, fixed, expected", TABLE)
 def test_layout_table(world, model, fixed, expected):
-    layout = choose_layout(world, model, **fixed)
+    layout = choose_group_layout(world, model, **fixed)
     assert (layout.cfg, layout.ulysses, layout.ring) == expected
     assert layout.world == world
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda: choose_layout(8, WAN_14B, cfg=2, ulysses=2, ring=1), ValueError,
+    (lambda: choose_group_layout(8, WAN_14B, cfg=2, ulysses=2, ring=1), ValueError,
      "cfg(2) * ulysses(2) * ring(1) = 4 != world_size(8)"),
-    (lambda: choose_layout(8, WAN_14B, ulysses=3), ValueError, "is not divisible by ulysses(3)"),
-    (lambda: choose_layout(6, WAN_14B, ulysses=6, cfg=1), DegreeError, "40 attention heads % ulysses(6) = 4"),
-    (lambda: choose_layout(4, ModelShape("wan", 2, 40, tokens=6), cfg=1), DegreeError,
+    (lambda: choose_group_layout(8, WAN_14B, ulysses=3), ValueError, "is not divisible by ulysses(3)"),
+    (lambda: choose_group_layout(6, WAN_14B, ulysses=6, cfg=1), DegreeError, "40 attention heads % ulysses(6) = 4"),
+    (lambda: choose_group_layout(4, ModelShape("wan", 2, 40, tokens=6), cfg=1), DegreeError,
      "6 tokens at the default size cannot be split evenly over ulysses(4) * ring(1) = 4 ranks: 6 % 4 = 2"),
-    (lambda: choose_layout(4, WAN_14B, cfg=4), ValueError, "cfg_degree must be one of (1, 2)"),
-    (lambda: choose_layout(0, WAN_14B), ValueError, "world_size must be an integer >= 1, got 0"),
-    (lambda: Layout(cfg=2, ulysses=2).check(8), ValueError, "cfg(2) * ulysses(2) * ring(1) = 4 != world_size(8)"),
+    (lambda: choose_group_layout(4, WAN_14B, cfg=4), ValueError, "cfg_degree must be one of (1, 2)"),
+    (lambda: choose_group_layout(0, WAN_14B), ValueError, "world_size must be an integer >= 1, got 0"),
+    (lambda: GroupLayout(cfg=2, ulysses=2).check(8), ValueError, "cfg(2) * ulysses(2) * ring(1) = 4 != world_size(8)"),
 ])
 def test_errors_print_the_arithmetic(call, error, message):
     with pytest.raises(error, match=re.escape(message)):
@@ -67,8 +67,8 @@ def test_generator_config_checks_degrees_before_anything_starts():
     with pytest.raises(ValueError, match=re.escape("cfg(2) * ulysses(2) * ring(1) = 4 != world_size(8)")):
         GeneratorConfig(sp_degree=8, cfg_degree=2, ulysses_degree=2, ring_degree=1)
     config = GeneratorConfig(sp_degree=4)
-    assert config.layout() == Layout(1, 4, 1)              # model unknown: degrees alone
-    assert config.layout("tiny:wan") == Layout(2, 2, 1)    # two branches, 2 heads
+    assert config.layout() == GroupLayout(1, 4, 1)              # model unknown: degrees alone
+    assert config.layout("tiny:wan") == GroupLayout(2, 2, 1)    # two branches, 2 heads
     group = config.group_config("tiny:wan")
     assert (group.cfg_degree, group.ulysses_degree, group.ring_degree, group.parallel_vae) == (2, 2, 1, True)
 

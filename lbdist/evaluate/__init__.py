@@ -13,6 +13,8 @@
     calibration_cost.py  recording and training cost on real sizes (bench_calibrate)
     sp_bench.py       sequence parallelism x bridge in Ray worker groups (bench_sp), rank side and driver
     sp_report.py      bench_sp's derived numbers, comparison against given targets, merging split runs, table
+    perf.py           issue 15: CFG-parallel / Ulysses layouts, compiled blocks, whole pipeline, VAE decode (bench_perf)
+    perf_report.py    bench_perf's derived numbers, targets met or missed, merging calls, tables
 
 Names load their modules on first use (importing `lbdist.evaluate` imports no torch).
 

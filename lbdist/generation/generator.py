@@ -35,9 +35,9 @@ class GeneratorConfig:
         dtype: "auto" (bf16 on GPU, fp32 on CPU), "bfloat16", "float16", "float32".
         sp_degree: ranks (GPUs) of the worker group; 1 runs in this process.
         cfg_degree, ulysses_degree, ring_degree: the split of those ranks, `cfg * ulysses * ring == sp_degree`.
-            None (default) lets the layout rule choose (`lbdist.parallel.layout.choose_layout`): cfg 2 for a model
-            with two guidance branches (Wan) on an even group, Ulysses as far as the head count allows, ring for
-            the rest. Values given are kept and the rule fills the others.
+            None (default) lets the layout rule choose (`lbdist.parallel.layout.choose_group_layout`): cfg 2 for a
+            model with two guidance branches (Wan) on an even group, Ulysses as far as the head count allows, ring
+            for the rest. Values given are kept and the rule fills the others.
         compile: compile the transformer blocks (`torch.compile`, beneath the bridge hooks): True for the default
             `CompileConfig()`, a `CompileConfig`, or None / False for eager. The first request pays the compile.
         parallel_vae: split the VAE decode over the group's ranks (sp_degree > 1), equal to one rank's decode
@@ -80,11 +80,11 @@ class GeneratorConfig:
         self.layout()  # degree arithmetic errors before anything starts
 
     def layout(self, model=None):
-        """The group's `Layout` for `model` (a reference or factory; None: degrees alone, model unknown)."""
-        from ..parallel.layout import choose_layout, describe
+        """The group's `GroupLayout` for `model` (a reference or factory; None: degrees alone, model unknown)."""
+        from ..parallel.layout import choose_group_layout, describe
 
-        return choose_layout(self.sp_degree, describe(model) if model is not None else None, cfg=self.cfg_degree,
-                             ulysses=self.ulysses_degree, ring=self.ring_degree)
+        return choose_group_layout(self.sp_degree, describe(model) if model is not None else None,
+                                   cfg=self.cfg_degree, ulysses=self.ulysses_degree, ring=self.ring_degree)
 
     def group_config(self, model=None):
         from ..parallel.config import WorkerGroupConfig
@@ -121,9 +121,9 @@ class Generator:
             raise ValueError(f"config must be a GeneratorConfig, got {type(config).__name__}")
         self.engine = None
         self.group = None
-        from ..parallel.layout import Layout
+        from ..parallel.layout import GroupLayout
 
-        self.layout = Layout()  # cfg x ulysses x ring of the group (1 x 1 x 1 in this process)
+        self.layout = GroupLayout()  # cfg x ulysses x ring of the group (1 x 1 x 1 in this process)
         if config.threads is not None:
             import torch
 
@@ -140,7 +140,7 @@ class Generator:
             from ..parallel import WorkerGroup
 
             group_config = config.group_config(model)
-            self.layout = Layout(group_config.cfg_degree, group_config.ulysses_degree, group_config.ring_degree)
+            self.layout = GroupLayout(group_config.cfg_degree, group_config.ulysses_degree, group_config.ring_degree)
             self.group = WorkerGroup(group_config)
             self.group.start()
             try:

@@ -10,7 +10,7 @@ A worker group of `world` ranks runs one pipeline. Three splits compose (`cfg * 
   divisible by it. The faster sequence split inside a node.
 - **ring** (`ring`): the rest of the sequence split, passing K/V around a ring; no head constraint.
 
-`choose_layout` is the rule the `Generator` uses when the config leaves degrees out:
+`choose_group_layout` is the rule the `Generator` uses when the config leaves degrees out:
 
 1. CFG first: `cfg = 2` when the model runs two guidance branches and the group size is even, else 1.
 2. Ulysses next: the largest degree that divides both the ranks left (`world / cfg`) and the head count.
@@ -19,6 +19,7 @@ A worker group of `world` ranks runs one pipeline. Three splits compose (`cfg * 
    `ulysses * ring` (every rank holds an equal slice); otherwise a `DegreeError` prints the arithmetic.
 
 Degrees given explicitly are kept; the rule fills only the others. Plain data, no torch, no Ray.
+(`lbdist.render.layout` is the level above: how many groups of how many ranks a batch runs on.)
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def arithmetic(cfg: int, ulysses: int, ring: int, world: int) -> str:
 
 
 @dataclass(frozen=True)
-class Layout:
+class GroupLayout:
     """One split of a group: `cfg * ulysses * ring` ranks.
 
     cfg: 1 (both guidance branches on every rank) or 2 (each half of the ranks runs one branch).
@@ -71,7 +72,7 @@ class Layout:
         """Sequence-parallel degree of each half (`ulysses * ring`)."""
         return self.ulysses * self.ring
 
-    def check(self, world: int) -> "Layout":
+    def check(self, world: int) -> "GroupLayout":
         if self.world != world:
             raise ValueError(f"{arithmetic(self.cfg, self.ulysses, self.ring, world)}: the degrees must multiply to "
                              "the number of ranks")
@@ -96,7 +97,8 @@ class ModelShape:
     tokens: int | None = None
 
 
-def _fill(world: int, cfg: int | None, ulysses: int | None, ring: int | None, model: ModelShape | None) -> Layout:
+def _fill(world: int, cfg: int | None, ulysses: int | None, ring: int | None,
+          model: ModelShape | None) -> GroupLayout:
     if cfg is None:
         fixed = (ulysses or 1) * (ring or 1)
         cfg = 2 if model is not None and model.branches == 2 and world % (2 * fixed) == 0 else 1
@@ -116,11 +118,11 @@ def _fill(world: int, cfg: int | None, ulysses: int | None, ring: int | None, mo
             raise ValueError(f"world_size({world}) / cfg({cfg}) = {rest} is not divisible by ulysses({ulysses}); "
                              f"pick ulysses_degree among the divisors of {rest}")
         ring = rest // ulysses
-    return Layout(cfg, ulysses, ring).check(world)
+    return GroupLayout(cfg, ulysses, ring).check(world)
 
 
-def choose_layout(world: int, model: ModelShape | None = None, *, cfg: int | None = None,
-                  ulysses: int | None = None, ring: int | None = None) -> Layout:
+def choose_group_layout(world: int, model: ModelShape | None = None, *, cfg: int | None = None,
+                        ulysses: int | None = None, ring: int | None = None) -> GroupLayout:
     """The layout of a group of `world` ranks for `model` (see the module docstring for the rule).
 
     Degrees given here are kept and only the others are chosen; `model=None` (unknown) means one branch and

@@ -1,23 +1,10 @@
-"""Derived numbers, targets and tables of `tools/bench_perf.py` results (kept apart to keep that file short).
+"""`tools/bench_perf.py`'s report: derived numbers, targets met or missed, merging calls, tables.
 
-    python tools/bench_perf.py --table tools/results/bench_perf_quick.json   # prints these tables
+A report is `{"env", "targets", "layout", "models": {name: {"calls", "pipeline", "vae", "derived", "targets_met"}}}`;
+every entry a call adds is stamped with its card, commit and date (`merge`), since one report gathers several
+device calls. Targets are the caller's (tools/targets.json, "bench_perf"); this module holds none.
 """
 from __future__ import annotations
-
-import datetime
-import json
-import os
-import platform
-import subprocess
-from pathlib import Path
-
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"cfg_step_speedup_2gpu": 1.9, "pipeline_over_loop": 0.9, "compiled_full_step": 1.15,
-           "compiled_of_ceiling": 0.97, "hunyuan_bridge_2gpu_pipeline": 10.0}
-PEERS = {"xdit_hunyuan_720p_ulysses4_h100": 3.70, "cache_dit_flux_2xh100_cache_compile": round(9.30 / 1.92, 2)}
-
 
 def _speedups(runs: dict, intervals) -> dict:
     full = runs["full"]["timings"]
@@ -56,10 +43,17 @@ def derive(model: dict, steps: int, intervals) -> dict:
     return out
 
 
-def targets() -> dict:
-    path = ROOT / "tools" / "targets.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    return {**TARGETS, **data.get("issue15", {})}
+def merge(old: dict, new: dict, env: dict) -> None:
+    """Fold one call's results into the report: pipeline runs accumulate per entry, each stamped with its card,
+    commit and date (a report may gather several calls)."""
+    stamp = {k: env[k] for k in ("card", "commit", "date")}
+    for key, value in new.items():
+        value = {**value, "at": stamp} if isinstance(value, dict) else value
+        if isinstance(value, dict) and "runs" in value and key in old:
+            runs = {**old[key]["runs"], **value["runs"]}
+            compiles = max(old[key].get("compiles_after_warmup", 0), value["compiles_after_warmup"])
+            value = {**value, "runs": runs, "compiles_after_warmup": compiles}
+        old[key] = value
 
 
 def check(name: str, model: dict, goal: dict) -> dict:
@@ -79,28 +73,10 @@ def check(name: str, model: dict, goal: dict) -> dict:
     return verdicts
 
 
-def environment(args) -> dict:
-    import diffusers
-
-    commit = os.environ.get("LBDIST_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else (platform.processor() or "cpu")
-    return {"benchmark": "bench_perf", "quick": args.quick, "card": card, "commit": commit or "unknown",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "diffusers": diffusers.__version__, "steps": args.steps,
-            "intervals": args.intervals, "dtype": args.dtype, "lora_rank": args.lora_rank,
-            "compile": {"backend": args.compile_backend, "mode": args.compile_mode}}
-
-
-def write(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def table(report: dict) -> str:
-    lines = [f"bench_perf on {report['env']['card']} at {report['env']['commit'][:10]} ({report['env']['date']})",
+    quick = report["env"].get("settings", {}).get("quick")
+    lines = [f"bench_perf on {report['env']['card']} at {report['env']['commit'][:10]} ({report['env']['date']})"
+             + (": --quick, CPU stand-ins on shared cores; the code paths ran, the numbers mean nothing" if quick else ""),
              f"{'model':20} {'run':30} {'text s':>7} {'loop s':>8} {'decode s':>8} {'total s':>8}  speedups "
              "(loop / pipeline / ratio per N)  compiles"]
     for name, model in report["models"].items():
