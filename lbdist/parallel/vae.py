@@ -182,6 +182,8 @@ def _group_norm(x: torch.Tensor, norm: torch.nn.GroupNorm, group) -> torch.Tenso
 def unsupported(decoder) -> list[str]:
     """Why `decoder` cannot be split (empty: it can)."""
     problems = []
+    if getattr(decoder, "_compiled_call_impl", None) is not None:
+        problems.append("the decoder is compiled (VaeDecodeConfig(compile=True) is a one-device option)")
     mid = getattr(decoder, "mid_block", None)
     if mid is None:
         problems.append(f"{type(decoder).__name__} has no mid_block")
