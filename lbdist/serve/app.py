@@ -194,3 +194,62 @@ def build_app(args: dict | None = None):
     data = settings.model_dump()
     generator = GeneratorDeployment.options(**options[GENERATOR]).bind(data, gpus)
     return VideoIngress.options(**options[INGRESS]).bind(generator, data)
+
+
+def run_config(path: str, *, address: str | None = None, num_cpus: int | None = None, block: bool = True,
+               timeout_s: float = 900.0, metrics_port: int | None = None, dashboard: bool = False) -> list[str]:
+    """Deploy a Serve config file as `serve run CONFIG` does (local Ray unless `address`), wait until every
+    application runs, print their URLs; with `block`, serve until Ctrl-C, then shut Serve and Ray down.
+    `metrics_port`: where a local Ray exposes Prometheus metrics (http://127.0.0.1:PORT/metrics)."""
+    import time
+
+    import ray
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    from .settings import load_config
+
+    config, _ = load_config(path)  # our own strict checks first: a typo in args is an error naming it
+    try:
+        schema = ServeDeploySchema.model_validate(config)
+    except Exception as exc:  # pydantic's ValidationError: Ray's own schema
+        raise ValueError(f"{path}: not a Serve config: {str(exc).splitlines()[0]} ...") from None
+    if not ray.is_initialized():
+        local = {} if address else {"num_cpus": num_cpus, "include_dashboard": dashboard,
+                                    **({"_metrics_export_port": metrics_port} if metrics_port else {})}
+        ray.init(address=address, namespace="serve", **local)
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=False)
+    urls = _wait_running(schema, time.monotonic() + timeout_s)
+    for url in urls:
+        print(f"lbdist serve: {url}", flush=True)
+    if block:
+        try:
+            while True:
+                time.sleep(5)
+        except KeyboardInterrupt:
+            print("lbdist serve: shutting down", flush=True)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return urls
+
+
+def _wait_running(schema, deadline: float) -> list[str]:
+    import time
+
+    names = [app.name for app in schema.applications]
+    while True:
+        apps = serve.status().applications
+        states = {n: apps[n].status if n in apps else "NOT_STARTED" for n in names}
+        failed = {n: apps[n].message for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if failed:
+            raise RuntimeError("; ".join(f"application {n!r} failed: {m}" for n, m in failed.items()))
+        if all(s == "RUNNING" for s in states.values()):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"applications not running in time: {states}")
+        time.sleep(1)
+    http = schema.http_options
+    return [f"application {app.name!r} ready at http://{http.host}:{http.port}{app.route_prefix or '/'}"
+            for app in schema.applications]

@@ -70,7 +70,7 @@ class ReplicaWorker:
         self.store = JobStore(settings.storage_root)
         config = GeneratorConfig(cache=CacheLimits(max_sets=settings.max_adapters_per_replica + 1),
                                  **generator_config_kwargs(settings, gpus))
-        self.generator = Generator(settings.model, config)
+        self.generator = Generator(settings.model_reference(), config)
         self.lock = threading.Lock()       # one generation / probe / adapter load at a time
         self.loads: Counter = Counter()    # adapter-set loads by id (injections)
         self._tokens: dict[str, str] = {}  # adapter id -> token of the resident set object
@@ -118,6 +118,9 @@ class ReplicaWorker:
         beat = asyncio.create_task(self._heartbeat(run))
         try:
             status = await asyncio.to_thread(self._execute, run)
+        except asyncio.CancelledError:  # the caller gave up on this call: stop the generation at the next step
+            run.lost = "cancelled by the caller"
+            raise
         finally:
             beat.cancel()
             self.run = None

@@ -99,9 +99,12 @@ class JobService:
                 continue
             self.index[job_id] = record
             if record.lease_expired(self.settings.lease_s):
-                await asyncio.to_thread(self._lost, job_id, "lease_expired", f"no heartbeat from replica "
-                                        f"{record.owner} for {self.settings.lease_s:g} s (it died or hung)")
-            elif record.status == QUEUED and job_id not in self.inflight:
+                record = await asyncio.to_thread(self._lost, job_id, "lease_expired", f"no heartbeat from replica "
+                                                 f"{record.owner} for {self.settings.lease_s:g} s (it died or hung)")
+                hung = self.inflight.pop(job_id, None)
+                if hung is not None:
+                    hung.cancel()  # the call to a hung replica; a queued-again job gets a fresh one below
+            if record is not None and record.status == QUEUED and job_id not in self.inflight:
                 self._dispatch(record)
         counts = {s: 0 for s in STATUSES}
         for record in self.index.values():
@@ -124,18 +127,19 @@ class JobService:
                 code = "replica_died" if kind == "replica_died" else "dispatch_failed"
                 await asyncio.to_thread(self._lost, job_id, code, f"{type(exc).__name__}: {_first_line(exc)}")
         finally:
-            self.inflight.pop(job_id, None)
+            if self.inflight.get(job_id) is asyncio.current_task():
+                del self.inflight[job_id]
         record = await asyncio.to_thread(self.store.get, job_id)
         if record is not None:
             self.index[job_id] = record
             if record.status == COMPLETED and record.started_at and record.finished_at:
                 self.durations.append(record.finished_at - record.started_at)
 
-    def _lost(self, job_id: str, code: str, message: str) -> None:
+    def _lost(self, job_id: str, code: str, message: str) -> JobRecord | None:
         """A job's replica is gone: queue it again (retries left, or it never started) or fail it."""
         record = self.store.get(job_id)
         if record is None or record.terminal:
-            return
+            return record
         never_started = record.status == QUEUED
         if (never_started or record.attempts <= self.settings.retries) and len(record.notes) < MAX_REQUEUES:
             note = f"attempt {record.attempts}: {code}: {message}" if not never_started else f"dispatch: {message}"
@@ -146,6 +150,7 @@ class JobService:
             record = record.finish(FAILED, error={"code": code, "message": message})
         self.store.put(record)
         self.index[job_id] = record
+        return record
 
     def waiting(self) -> int:
         return sum(1 for r in self.index.values() if r.status == QUEUED) + self.images_waiting

@@ -35,6 +35,10 @@ class ServeSettings(BaseModel):
                                    "tiny:<family>. One application serves one model.")
     name: str | None = Field(None, description="Model name clients send and see (`model` of a request); "
                                                "default: the model reference.")
+    factory: str | None = Field(None, description="'module:function' that builds the pipeline on every replica "
+                                "(and rank) instead of loading `model` (random-weight benchmarks, custom loaders); "
+                                "`model` then only names it. Must be deterministic across the ranks of a group.")
+    factory_kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of `factory`.")
     sp_degree: int = Field(1, ge=1, le=64, description="GPUs per replica (xfuser Ulysses sequence parallelism); "
                                                         "> 1 reserves them with placement-group bundles, STRICT_PACK.")
     schedule: str | None = Field(None, description="Bridge schedule of requests that give none ('6', "
@@ -77,6 +81,13 @@ class ServeSettings(BaseModel):
                              f"got {bad}")
         return value
 
+    @field_validator("factory")
+    @classmethod
+    def _factory(cls, value: str | None) -> str | None:
+        if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
+            raise ValueError(f"factory must be 'module:function', got {value!r}")
+        return value
+
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: str | None) -> str | None:
@@ -113,6 +124,14 @@ class ServeSettings(BaseModel):
                 raise ValueError(f"worker: {exc}") from None
 
     # --- derived ---------------------------------------------------------------------------------------------
+    def model_reference(self):
+        """What the replicas' `Generator` loads: the model reference, or a `PipelineFactory` (imports torch)."""
+        if self.factory is None:
+            return self.model
+        from ..parallel.config import PipelineFactory
+
+        return PipelineFactory(self.factory, dict(self.factory_kwargs))
+
     @property
     def served_name(self) -> str:
         return self.name or self.model
@@ -196,3 +215,34 @@ def retry_after(queued: int, running: int, mean_job_s: float | None) -> int:
     if not mean_job_s:
         return 5
     return int(min(600, max(1, math.ceil(mean_job_s * (queued + 1) / max(1, running)))))
+
+
+IMPORT_PATH = "lbdist.serve.app:build_app"
+
+
+def load_config(path: str) -> tuple[dict, dict[str, ServeSettings]]:
+    """A Serve config file (YAML) and the parsed `ServeSettings` of each of its lbdist applications."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read Serve config {path!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    apps = config.get("applications") if isinstance(config, dict) else None
+    if not isinstance(apps, list) or not apps:
+        raise ValueError(f"{path}: a Serve config needs a non-empty 'applications' list")
+    settings = {}
+    for i, app in enumerate(apps):
+        name = app.get("name", f"applications[{i}]") if isinstance(app, dict) else f"applications[{i}]"
+        if isinstance(app, dict) and app.get("import_path") == IMPORT_PATH:
+            try:
+                settings[name] = parse_settings(app.get("args"))
+                settings[name].check_worker_group()
+            except ValueError as exc:
+                raise ValueError(f"{path}: application {name!r}: {exc}") from None
+    if not settings:
+        raise ValueError(f"{path}: no application has import_path {IMPORT_PATH!r}")
+    return config, settings
