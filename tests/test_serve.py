@@ -324,6 +324,18 @@ def test_prometheus_metrics(svc):
     assert any('kind="calibrated"' in line for line in calls) and any('kind="full"' in line for line in calls)
 
 
+def test_bench_serve_load_test_client_loses_nothing(svc):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import bench_serve
+
+    result = bench_serve.load_test(svc.url, {**P, "num_inference_steps": 4}, jobs=10, concurrency=3)
+    assert result["completed"] == result["accepted"] == 10 and result["lost"] == 0, result
+    assert 0 < result["latency_p50_s"] <= result["latency_p95_s"] and result["throughput_jobs_s"] > 0
+
+
 # --- failures -------------------------------------------------------------------------------------------------
 def _generator_replicas(app: str = "video") -> list[str]:
     prefix = f"SERVE_REPLICA::{app}#GeneratorDeployment#"

@@ -46,14 +46,19 @@ POLL_S = [0.1]  # seconds between a client's status polls (--poll)
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-def seeded_pipeline(name: str = "wan-1.3b", device: str = "cuda"):
-    """A real-size random-weight pipeline (tools/realsize.py), the same on every rank (seeded)."""
+def seeded_pipeline(name: str = "wan-1.3b", device: str = "cuda"):  # a PipelineFactory target
+    """A real-size random-weight pipeline (tools/realsize.py) with its benchmark shape as the call defaults
+    (480x832x81 for Wan, 480x832x65 for HunyuanVideo), the same on every rank (seeded)."""
     import torch
 
-    from realsize import bench_pipeline
+    from lbdist.generation.loading import LoadedPipeline
+    from lbdist.models import spec_for_pipeline
+    from realsize import SHAPES, bench_pipeline, call_kwargs
 
     torch.manual_seed(0)
-    return bench_pipeline(name, device=device)
+    pipe = bench_pipeline(name, device=device)
+    defaults = {**call_kwargs(name, SHAPES[name]), "num_inference_steps": 50}
+    return LoadedPipeline(pipe, spec_for_pipeline(pipe).family, f"realsize:{name}", defaults)
 
 
 # --- Ray and Serve --------------------------------------------------------------------------------------------
@@ -175,28 +180,38 @@ def cpu_mode(opts, report: dict, out: Path) -> None:
     write(report, out)
 
 
-def _adapter_set(model: str, schedule: str, steps: int, directory: str) -> str:
-    """A random rank-32 adapter set for the real-size transformer (compute does not depend on its values)."""
+def _free(device: str) -> None:
+    import gc
+
     import torch
 
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _adapter_set(opts, directory: str) -> str:
+    """A random rank-32 adapter set for the real-size transformer (compute does not depend on its values)."""
     from lbdist import Schedule
     from lbdist.bridge import random_adapter_set
     from realsize import build
 
     if not Path(directory, "lbdist_adapters.json").is_file():
-        transformer = build(model, device="cuda")
-        random_adapter_set(transformer, Schedule.parse(schedule, steps)).save(directory)
+        transformer = build(opts.model, device=opts.device)
+        random_adapter_set(transformer, Schedule.parse(opts.schedule, opts.steps)).save(directory)
         del transformer
-        torch.cuda.empty_cache()
+        _free(opts.device)
     return directory
 
 
 def gpu_app_args(opts, root: str, sp: int, replicas: int) -> dict:
-    adapters = _adapter_set(opts.model, opts.schedule, opts.steps, f"{root}/adapters")
-    return {"model": opts.model, "factory": "bench_serve:seeded_pipeline", "factory_kwargs": {"name": opts.model},
-            "device": "cuda", "sp_degree": sp, "min_replicas": replicas, "max_replicas": replicas,
-            "storage": f"{root}/jobs", "adapters": {"set": adapters}, "max_queued_jobs": 16,
-            "probe_interval_s": 3600, "lease_s": 600, "replica_cpus": 1.0}
+    cpu = opts.device == "cpu"  # the CPU smoke test of this mode (gloo ranks, fractional CPUs)
+    return {"model": opts.model, "factory": "bench_serve:seeded_pipeline",
+            "factory_kwargs": {"name": opts.model, "device": opts.device}, "device": opts.device, "sp_degree": sp,
+            "min_replicas": replicas, "max_replicas": replicas, "storage": f"{root}/jobs",
+            "adapters": {"set": _adapter_set(opts, f"{root}/adapters")}, "max_queued_jobs": 16,
+            "probe_interval_s": 3600, "lease_s": 600, "replica_cpus": 0.2 if cpu else 1.0,
+            **({"threads": 1, "worker": {"cpus_per_worker": 0.5}} if cpu else {})}
 
 
 def gpu_body(opts) -> dict:
@@ -204,38 +219,42 @@ def gpu_body(opts) -> dict:
             "adapters": "set"}
 
 
-def overhead_phase(opts, report: dict, out: Path, root: str) -> None:
+def direct_runs(opts, root: str) -> list[dict]:
+    """The job without Serve: `Generator.generate` plus writing the mp4 (what a Serve job does too)."""
     from lbdist import GenerationRequest, Generator, GeneratorConfig
     from lbdist.parallel import PipelineFactory
 
-    body = gpu_body(opts)
-    adapters = _adapter_set(opts.model, opts.schedule, opts.steps, f"{root}/adapters")
-    gen = Generator(PipelineFactory("bench_serve:seeded_pipeline", {"name": opts.model}),
-                    GeneratorConfig(device="cuda", adapters={"set": adapters}))
-    request = GenerationRequest(**{k: v for k, v in body.items()})
-    direct = []
-    for i in range(opts.repeats + 1):
+    gen = Generator(PipelineFactory("bench_serve:seeded_pipeline", {"name": opts.model, "device": opts.device}),
+                    GeneratorConfig(device=opts.device, adapters={"set": _adapter_set(opts, f"{root}/adapters")},
+                                    threads=1 if opts.device == "cpu" else None))
+    request = GenerationRequest(**gpu_body(opts))
+    runs = []
+    for i in range(opts.repeats + 1):  # the first is the warm-up
         t0 = time.perf_counter()
         result = gen.generate(request)
         t1 = time.perf_counter()
         result.save(f"{root}/direct.mp4")
-        t2 = time.perf_counter()
         if i:
-            direct.append({"generate_s": t1 - t0, "generate_and_save_s": t2 - t0, "calls": result.calls})
+            runs.append({"generate_s": t1 - t0, "generate_and_save_s": time.perf_counter() - t0,
+                         "calls": result.calls, "timings": result.timings})
     gen.close()
-    del gen
-    import torch
+    del gen, result
+    _free(opts.device)
+    return runs
 
-    torch.cuda.empty_cache()
+
+def overhead_phase(opts, report: dict, out: Path, root: str) -> None:
+    """Direct Generator vs the same job through Serve (one replica, one device)."""
+    direct = direct_runs(opts, root)
     url = start_serve(num_cpus=None)
     ready = deploy(gpu_app_args(opts, root, sp=1, replicas=1))
-    session, stats = requests.Session(), {"429": 0, "errors": []}
+    session, stats, body = requests.Session(), {"429": 0, "errors": []}, gpu_body(opts)
     run_job(url, body, session, stats)  # warm-up
     served = [run_job(url, body, session, stats) for _ in range(opts.repeats)]
     d = statistics.median(r["generate_and_save_s"] for r in direct)
-    s = statistics.median(r["latency_s"] for r in served)
-    report["overhead"] = {"request": body, "direct": direct, "served": served, "ready_s": round(ready, 1),
-                          "direct_median_s": round(d, 4), "served_median_s": round(s, 4),
+    s = statistics.median(r["latency_s"] for r in served if "latency_s" in r)
+    report["overhead"] = {"model": opts.model, "request": body, "direct": direct, "served": served,
+                          "ready_s": round(ready, 1), "direct_median_s": round(d, 4), "served_median_s": round(s, 4),
                           "overhead_s": round(s - d, 4), "overhead_share": round((s - d) / d, 5),
                           "target_share": 0.02, "met": (s - d) / d <= 0.02, "errors": stats["errors"]}
     write(report, out)
@@ -248,9 +267,10 @@ def burst_phase(opts, report: dict, out: Path, root: str, layout: str) -> None:
     sp, replicas = (1, 2) if layout == "replicas" else (2, 1)
     ready = deploy(gpu_app_args(opts, root, sp=sp, replicas=replicas))
     body = gpu_body(opts)
-    run_job(url, body, requests.Session(), {"429": 0, "errors": []})  # warm-up (one replica)
+    load_test(url, body, replicas, replicas)  # warm-up: one job on each replica
     result = load_test(url, body, opts.burst, opts.burst)
-    report.setdefault("burst", {})[f"{replicas}x_sp{sp}"] = {"ready_s": round(ready, 1), **result}
+    report.setdefault("burst", {})[f"{replicas}x_sp{sp}"] = {"model": opts.model, "request": body,
+                                                            "ready_s": round(ready, 1), **result}
     write(report, out)
     stop_app()
 
@@ -309,6 +329,7 @@ def main(argv=None) -> int:
     p.add_argument("--schedule", default="6", help="gpu: bridge schedule")
     p.add_argument("--repeats", type=int, default=3, help="gpu overhead: timed jobs each way")
     p.add_argument("--burst", type=int, default=8, help="gpu: jobs per burst")
+    p.add_argument("--device", default="cuda", help="gpu mode's device (cpu: a smoke test of this mode)")
     p.add_argument("--poll", type=float, default=None, help="seconds between status polls (cpu 0.1, gpu 0.02)")
     opts = p.parse_args(argv)
     POLL_S[0] = opts.poll or (0.1 if opts.mode == "cpu" else 0.02)
