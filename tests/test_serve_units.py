@@ -225,3 +225,19 @@ def test_queue_bound_answers_429(worker_settings, worker):
         await service.stop()
 
     asyncio.run(main())
+
+
+# --- CLI --------------------------------------------------------------------------------------------------------
+def test_cli_serve_run_dry_run_and_a_typo(tmp_path, capsys):
+    from lbdist.cli import main
+
+    config = tmp_path / "video.yaml"
+    config.write_text("applications:\n  - name: video\n    import_path: lbdist.serve.app:build_app\n"
+                      "    args: {model: 'tiny:wan', sp_degree: 2, device: cuda, max_queued_jobs: 4}\n")
+    assert main(["serve", "run", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert '"placement_group_strategy": "STRICT_PACK"' in out and '"max_ongoing_requests": 1' in out
+    config.write_text(config.read_text().replace("max_queued_jobs", "max_queue_jobs"))
+    assert main(["serve", "run", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "application 'video'" in err[0] and "max_queue_jobs: unknown key" in err[0]

@@ -287,6 +287,7 @@ def environment(mode: str) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "card": card,
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "host_cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # the machine may be shared
             "torch": torch.__version__, "ray": ray.__version__}
 
 
@@ -346,6 +347,8 @@ def main(argv=None) -> int:
                 overhead_phase(opts, report, opts.out, root)
             else:
                 burst_phase(opts, report, opts.out, root, phase)
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    write(report, opts.out)
     print(table(report))
     return 0
 
