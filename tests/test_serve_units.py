@@ -241,3 +241,24 @@ def test_cli_serve_run_dry_run_and_a_typo(tmp_path, capsys):
     assert main(["serve", "run", str(config), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "application 'video'" in err[0] and "max_queue_jobs: unknown key" in err[0]
+
+
+# --- Generator methods the replicas use -----------------------------------------------------------------------
+def test_generator_preloads_and_evicts_adapter_sets_without_generating(tmp_path):
+    from lbdist import Generator, GeneratorConfig, Schedule
+    from lbdist.bridge import random_adapter_set
+
+    gen = Generator("tiny:wan", GeneratorConfig(device="cpu"))
+    path = str(random_adapter_set(gen.pipe.transformer, Schedule.parse("3", 6)).save(tmp_path / "A"))
+    assert gen.preload_adapters("A", path) is True and gen.preload_adapters("A") is False
+    result = gen.generate(GenerationRequest("a red circle", num_inference_steps=6, schedule="3", adapters="A"))
+    facts = gen.transformer_facts()
+    assert result.calls["calibrated"] > 0 and facts["adapter_injections"] == 1  # resident: no second injection
+    assert facts["transformer_classes"][0] == "WanTransformer3DModel" and len(facts["config_digest"]) == 16
+    assert gen.evict_adapters("A") is True and gen.evict_adapters("A") is False
+    from lbdist.generation.loading import load_pipeline
+
+    flux = load_pipeline("tiny:flux", "cpu", "float32").pipe.transformer
+    other = str(random_adapter_set(flux, Schedule.parse("3", 6)).save(tmp_path / "F"))
+    with pytest.raises(ValueError, match="adapter set does not fit this pipeline: model: set is for Flux"):
+        gen.preload_adapters("F", other)
