@@ -13,8 +13,9 @@ CPU mode: one Ray instance on loopback, the real application (`lbdist.serve.app:
 `--concurrency` client threads each submitting jobs (POST; a 429 is retried after its Retry-After and counted)
 and polling them (GET every 100 ms: on 2 cores, faster polling from 8 clients measures the HTTP proxy) until they
 finish, until `--jobs` have been accepted. Reports throughput
-(completed jobs / wall seconds), p50/p95/max latency from acceptance to completion as the client saw it, and the
-server's own (record created -> finished), 429s, and lost jobs (accepted but not completed: must be 0).
+(completed jobs / wall seconds), p50/p95/max latency from acceptance to completion as the client saw it, the
+server's own (record created -> finished), the replica's run time per job (claimed -> finished: the rest of the
+latency is queueing behind the other clients' jobs), 429s, and lost jobs (accepted but not completed: must be 0).
 
 GPU mode: `overhead` times `Generator.generate` (+ writing the mp4, as a Serve job does) in this process, three
 times after a warm-up, then the same request through Serve (POST -> completed, polled every 20 ms), and reports
@@ -154,6 +155,7 @@ def summarise(results: list[dict], wall: float, stats: dict, concurrency: int) -
     completed = [r for r in accepted if r["status"] == "completed"]
     lat = sorted(r["latency_s"] for r in completed)
     server = sorted(r["server_s"] for r in completed if r["server_s"] is not None)
+    run = sorted(r["run_s"] for r in completed if r.get("run_s") is not None)
 
     def pct(values, q):
         return round(values[min(len(values) - 1, int(q * len(values)))], 4) if values else None
@@ -163,7 +165,8 @@ def summarise(results: list[dict], wall: float, stats: dict, concurrency: int) -
             "lost": len(accepted) - len(completed), "concurrency": concurrency, "wall_s": round(wall, 3),
             "throughput_jobs_s": round(len(completed) / wall, 3), "latency_p50_s": pct(lat, 0.5),
             "latency_p95_s": pct(lat, 0.95), "latency_max_s": round(lat[-1], 4) if lat else None,
-            "server_p50_s": pct(server, 0.5), "server_p95_s": pct(server, 0.95), "http_429": stats["429"],
+            "server_p50_s": pct(server, 0.5), "server_p95_s": pct(server, 0.95),
+            "run_p50_s": pct(run, 0.5), "run_p95_s": pct(run, 0.95), "http_429": stats["429"],
             "errors": stats["errors"][:10]}
 
 
