@@ -262,3 +262,22 @@ def test_generator_preloads_and_evicts_adapter_sets_without_generating(tmp_path)
     other = str(random_adapter_set(flux, Schedule.parse("3", 6)).save(tmp_path / "F"))
     with pytest.raises(ValueError, match="adapter set does not fit this pipeline: model: set is for Flux"):
         gen.preload_adapters("F", other)
+
+
+def test_a_second_ingress_adopts_the_queued_jobs_of_one_that_stopped(worker_settings, worker):
+    async def main():
+        first = _service(worker_settings, worker, ["busy"] * 1000)  # its dispatches never get through
+        second = _service(worker_settings, worker, [])
+        job = await first.create_video(VideoCreateRequest(prompt="a red circle", num_inference_steps=4))
+        await first.sweep()
+        await asyncio.to_thread(second._rescan)
+        await second.sweep()
+        assert job.id not in second.inflight and service_status(second, job.id) == "queued"  # first is alive
+        await first.stop()
+        view = await _until_terminal(second, job.id)
+        assert view.status == "completed" and second.store.get(job.id).dispatcher == second.ingress_id
+
+    def service_status(service, job_id):
+        return service.store.get(job_id).status
+
+    asyncio.run(main())

@@ -165,7 +165,8 @@ class VideoIngress:
 
         self.settings = parse_settings(settings)
         self.generator = generator
-        self.service = JobService(self.settings, self._dispatch, self._image, classify, _IngressMetrics())
+        self.service = JobService(self.settings, self._dispatch, self._image, classify, _IngressMetrics(),
+                                  ingress_id=serve.get_replica_context().replica_id.unique_id)
 
     def __serve_build_asgi_app__(self):
         from .api import create_api

@@ -96,21 +96,23 @@ class AdapterCatalog:
                            f"known ids: {self.ids() or 'none (the service has no adapter sets)'}", "adapters")
 
     def manifest(self, adapter_id: str) -> dict | None:
-        """The set's manifest, or None where only the replica can read it (a Hub id)."""
+        """The set's manifest, or None where only the replica can read it (a Hub id: fetched there)."""
         if adapter_id not in self._manifests:
-            ref = self.refs[adapter_id]
-            path = storage.join(ref, MANIFEST)
-            if storage.is_uri(ref) or storage.exists(path):
-                try:
-                    self._manifests[adapter_id] = json.loads(storage.read_text(path))
-                except (OSError, ValueError) as exc:
-                    raise ApiError(500, "adapter_set_unreadable", f"adapter set {adapter_id!r} at {ref!r} cannot be "
-                                   f"read: {exc}", "adapters") from None
-            elif ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
-                self._manifests[adapter_id] = None  # a Hub repo: the replica downloads and checks it
-            else:
-                raise ApiError(500, "adapter_set_unreadable", f"adapter set {adapter_id!r}: {ref!r} has no {MANIFEST}",
-                               "adapters")
+            from ..refs import resolve_ref
+
+            text = self.refs[adapter_id]
+            try:
+                ref = resolve_ref(text, "adapters")
+                manifest = None if ref.kind == "hub" else json.loads(
+                    storage.read_text(storage.join(ref.value, MANIFEST)))
+            except (OSError, ValueError) as exc:
+                raise ApiError(500, "adapter_set_unreadable", f"adapter set {adapter_id!r} ({text!r}) cannot be "
+                               f"read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                               "adapters") from None
+            if manifest is not None and not isinstance(manifest, dict):
+                raise ApiError(500, "adapter_set_unreadable", f"adapter set {adapter_id!r}: {MANIFEST} is not a "
+                               "JSON object", "adapters")
+            self._manifests[adapter_id] = manifest
         return self._manifests[adapter_id]
 
     def check(self, request: GenerationRequest, facts: ModelFacts) -> None:
@@ -121,6 +123,13 @@ class AdapterCatalog:
         manifest = self.manifest(request.adapters)
         if manifest is None:
             return
+        try:
+            self._check(request, facts, manifest)
+        except (KeyError, TypeError, ValueError) as exc:  # a malformed manifest (the replica would refuse it too)
+            raise ApiError(500, "adapter_set_unreadable", f"adapter set {request.adapters!r}: malformed {MANIFEST} "
+                           f"({type(exc).__name__}: {exc})", "adapters") from None
+
+    def _check(self, request: GenerationRequest, facts: ModelFacts, manifest: dict) -> None:
         problems = []
         family = facts.info.family
         if manifest.get("family") != family or manifest.get("transformer_class") not in facts.transformer_classes:

@@ -54,6 +54,7 @@ class JobRecord:
     owner: claim token of that replica (`<replica>#<attempt>#<nonce>`); attempts: replicas that started it.
     result: once completed: `path`, `content_type`, `bytes`, `timings`, `calls`, `steps`, `replica`.
     error: `{"code", "message"}` once failed (or cancelled: where it stopped). notes: earlier attempts' fates.
+    dispatcher: the ingress replica that sends the job to the generators (another adopts it if that one stops).
     """
 
     id: str
@@ -71,6 +72,7 @@ class JobRecord:
     result: dict | None = None
     error: dict | None = None
     notes: tuple[str, ...] = ()
+    dispatcher: str | None = None
 
     def __post_init__(self):
         if not ID_RE.fullmatch(self.id):

@@ -26,7 +26,6 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .. import storage
 from ..generation.request import GenerationCancelled, GenerationRequest
 from .catalog import ModelFacts, publish_facts
 from .jobs import CANCELLED, COMPLETED, CONTENT_TYPES, FAILED, IN_PROGRESS, QUEUED, JobRecord, JobStore
@@ -83,11 +82,9 @@ class ReplicaWorker:
 
     # --- adapter sets --------------------------------------------------------------------------------------
     def preload(self, adapter_id: str) -> str:
-        """Make a configured adapter set resident (a download first for a URI); returns its residency token."""
-        ref = self.settings.adapters[adapter_id]
-        local = str(storage.fetch_dir(ref)) if storage.is_uri(ref) and not storage.is_local(ref) else ref
+        """Make a configured adapter set resident (read from its directory, URI or Hub id); returns its token."""
         with self.lock:
-            injected = self.generator.preload_adapters(adapter_id, local)
+            injected = self.generator.preload_adapters(adapter_id, self.settings.adapters[adapter_id])
         if injected:
             self.loads[adapter_id] += 1
             self.metrics.adapter_load(adapter_id)

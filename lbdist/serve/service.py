@@ -9,17 +9,23 @@
   queues it again (`retries`).
 - Sweep: every second the non-terminal records are re-read (progress, queue length, metrics); an `in_progress`
   job without a heartbeat for `lease_s` is failed or re-queued, so no accepted job stays in progress forever; a
-  queued job that nobody is running (after a restart) is dispatched again.
+  queued job that nobody is running (after a restart) is dispatched again. Several ingress replicas share the
+  store: each record names the ingress that dispatches it (`dispatcher`), ingresses write a heartbeat under
+  `service/ingress/`, and a job whose ingress stopped beating is adopted by another; the queue bound is counted
+  per ingress over the jobs it knows (its own, and the others' it sees when it rescans the store every 10 s).
 - Answer: records are read from the store (GET is always current); outputs are streamed from it.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import uuid
 from collections import deque
 from typing import Any, Awaitable, Callable
 
+from .. import storage
 from ..generation.request import GenerationRequest
 from .catalog import AdapterCatalog, ModelFacts, read_facts
 from .jobs import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, QUEUED, STATUSES, JobRecord, JobStore, new_job_id
@@ -51,7 +57,7 @@ class JobService:
 
     def __init__(self, settings: ServeSettings, dispatch: Callable[[str, str | None], Awaitable[Any]],
                  image: Callable[[dict, str | None], Awaitable[dict]], classify: Callable[[BaseException], str | None],
-                 metrics: IngressMetrics | None = None):
+                 metrics: IngressMetrics | None = None, ingress_id: str | None = None):
         self.settings, self._send, self._image, self._classify = settings, dispatch, image, classify
         self.metrics = metrics or IngressMetrics()
         self.store = JobStore(settings.storage_root)
@@ -61,6 +67,7 @@ class JobService:
         self.images_waiting = 0
         self.durations: deque[float] = deque(maxlen=32)
         self.facts: ModelFacts | None = None
+        self.ingress_id = ingress_id or uuid.uuid4().hex[:12]
         self._tasks: list[asyncio.Task] = []
 
     # --- life cycle -------------------------------------------------------------------------------------------
@@ -71,6 +78,8 @@ class JobService:
     async def stop(self) -> None:
         for task in self._tasks + list(self.inflight.values()):
             task.cancel()
+        beat = storage.join(self.settings.storage_root, "service", "ingress", self.ingress_id)
+        await asyncio.to_thread(storage.remove, beat)  # its queued jobs are adopted at once, not after the lease
 
     def _rescan(self) -> None:
         for job_id in self.store.ids():
@@ -92,12 +101,16 @@ class JobService:
                 log.exception("lbdist serve: sweep failed")
 
     async def sweep(self) -> None:
-        """Refresh non-terminal records, expire leases, re-dispatch orphaned queued jobs, update metrics."""
+        """Refresh non-terminal records; for the jobs this ingress dispatches (or whose ingress is gone): expire
+        leases and dispatch queued jobs nobody is running; update the metrics."""
+        live = await asyncio.to_thread(self._beat_and_list_ingresses)
         for job_id in [i for i, r in self.index.items() if not r.terminal]:
             record = await asyncio.to_thread(self.store.get, job_id)
             if record is None:
                 continue
             self.index[job_id] = record
+            if record.dispatcher not in (None, self.ingress_id) and record.dispatcher in live:
+                continue  # another live ingress looks after it
             if record.lease_expired(self.settings.lease_s):
                 record = await asyncio.to_thread(self._lost, job_id, "lease_expired", f"no heartbeat from replica "
                                                  f"{record.owner} for {self.settings.lease_s:g} s (it died or hung)")
@@ -105,12 +118,29 @@ class JobService:
                 if hung is not None:
                     hung.cancel()  # the call to a hung replica; a queued-again job gets a fresh one below
             if record is not None and record.status == QUEUED and job_id not in self.inflight:
+                if record.dispatcher != self.ingress_id:  # adopt an orphan (its ingress stopped or restarted)
+                    record = record.update(dispatcher=self.ingress_id)
+                    await asyncio.to_thread(self.store.put, record)
                 self._dispatch(record)
         counts = {s: 0 for s in STATUSES}
         for record in self.index.values():
             counts[record.status] += 1
         self.metrics.jobs(counts)
         self.metrics.queue(self.waiting())
+
+    def _beat_and_list_ingresses(self) -> set[str]:
+        """Write this ingress's heartbeat; return the ingresses that beat within the lease (this one included)."""
+        folder = storage.join(self.settings.storage_root, "service", "ingress")
+        now = time.time()
+        storage.write_text(storage.join(folder, self.ingress_id), json.dumps({"at": now}))
+        live = {self.ingress_id}
+        for name in storage.listdir(folder):
+            try:
+                if now - json.loads(storage.read_text(storage.join(folder, name)))["at"] <= self.settings.lease_s:
+                    live.add(name)
+            except (OSError, ValueError, KeyError):
+                continue
+        return live
 
     # --- dispatch ---------------------------------------------------------------------------------------------
     def _dispatch(self, record: JobRecord) -> None:
@@ -199,7 +229,7 @@ class JobService:
         request = await asyncio.to_thread(self._resolve, body, facts)
         self._admit()
         record = JobRecord(id=new_job_id(), model=self.settings.served_name, request=request.to_dict(),
-                           steps_total=request.num_inference_steps)
+                           steps_total=request.num_inference_steps, dispatcher=self.ingress_id)
         await asyncio.to_thread(self.store.put, record)
         self.index[record.id] = record
         self._dispatch(record)
