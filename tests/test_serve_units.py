@@ -281,3 +281,13 @@ def test_a_second_ingress_adopts_the_queued_jobs_of_one_that_stopped(worker_sett
         return service.store.get(job_id).status
 
     asyncio.run(main())
+
+
+def test_the_ingress_modules_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import lbdist.serve.api, lbdist.serve.service, lbdist.serve.settings; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'peft', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-2000:]

@@ -22,11 +22,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ray import serve
-from ray.serve import metrics as serve_metrics
+import inspect
+
+try:
+    from ray import serve
+    from ray.serve import metrics as serve_metrics
+except ImportError as exc:  # the extra is missing
+    raise ImportError("lbdist.serve needs Ray Serve: pip install 'lbdist[serve]'") from exc
 
 from .settings import GENERATOR, INGRESS, deployment_options, parse_settings, wants_gpus
 
+if inspect.signature(serve.ingress).parameters["app"].default is not None:  # no late-bound ASGI app before it
+    raise ImportError(f"lbdist.serve needs a Ray Serve whose serve.ingress() builds the app per replica "
+                      f"(__serve_build_asgi_app__; tested with 2.60); this is Ray {__import__('ray').__version__}: "
+                      "pip install -U 'ray[serve]'")
 log = logging.getLogger("lbdist.serve")
 STEP_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 GENERATION_BUCKETS = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800]
