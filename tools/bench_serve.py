@@ -28,12 +28,9 @@ written after each phase; a table is printed at the end.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -280,25 +277,19 @@ def burst_phase(opts, report: dict, out: Path, root: str, layout: str) -> None:
 
 # --- report -----------------------------------------------------------------------------------------------------
 def environment(mode: str) -> dict:
-    import ray
     import torch
 
-    commit = os.environ.get("LBDIST_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"benchmark": "bench_serve", "mode": mode, "commit": commit or "unknown",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "card": card,
+    from lbdist.evaluate.timing import environment as record
+
+    return {"benchmark": "bench_serve", "mode": mode, **record("ray"), "cpus": os.cpu_count(),
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-            "host_cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],  # the machine may be shared
-            "torch": torch.__version__, "ray": ray.__version__}
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}  # the machine may be shared
 
 
 def write(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
+    from lbdist.evaluate.timing import write_json
+
+    write_json(path, report, indent=1)
 
 
 def table(report: dict) -> str:

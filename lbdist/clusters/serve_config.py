@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import functools
 import typing
-from dataclasses import dataclass
 from typing import Any
 
 from .shapes import (GPU_RULE, ListOf, MapOf, Problem, Problems, check_shape, child_list, child_map, join, keys,
