@@ -22,12 +22,8 @@ Real-size models come from `lbdist.evaluate.realsize` (random weights, seeded, s
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -137,24 +133,15 @@ def model_facts(model: str, quick: bool) -> dict:
 
 
 def environment(quick: bool) -> dict:
-    import diffusers
-    import ray
-    import torch
+    from lbdist.evaluate.timing import environment as record
 
-    commit = os.environ.get("LBDIST_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    return {"benchmark": "bench_render", "quick": quick, "card": card, "commit": commit or "unknown",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "host_cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "ray": ray.__version__}
+    return {"benchmark": "bench_render", "quick": quick, **record("diffusers", "ray")}
 
 
 def write(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    from lbdist.evaluate.timing import write_json
+
+    write_json(path, report)
 
 
 def table(report: dict) -> str:

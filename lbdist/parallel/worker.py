@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import os
 import socket
-import time
 from typing import Any, Callable
 
 import torch
