@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..bridge import Schedule, config_digest, disable_bridge, enable_bridge
+from ..bridge import BridgeConfig, Schedule, apply_bridge, config_digest, get_bridge, remove_bridge
 from ..models import BlockArgs, get_spec
 from .config import RecordConfig
 from .resume import RECORDING_KEYS, clear_pairs, refusal, settings_differences
@@ -99,7 +99,9 @@ def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | 
     args = BlockArgs(final)
     store = TensorStore(out_dir)
     anchors = set(schedule.full_steps)
-    runtime = enable_bridge(pipe, Schedule.full(schedule.num_steps))
+    before = get_bridge(pipe)  # a pipeline already bridged (an Engine's) gets its configuration back afterwards
+    previous = None if before is None else (before.schedule, before.adapters)
+    runtime = apply_bridge(pipe, config=BridgeConfig(Schedule.full(schedule.num_steps)))
     state = {"anchor": {}, "entries": [], "prompt": None}
 
     def on_final_block(module, a, kw, output):
@@ -140,5 +142,8 @@ def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | 
     finally:
         bar.close()
         handle.remove()
-        disable_bridge(pipe)
+        if previous is None:
+            remove_bridge(pipe)
+        else:
+            runtime.configure(*previous)
     return manifest

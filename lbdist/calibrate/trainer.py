@@ -67,6 +67,18 @@ def train_bridge(block: torch.nn.Module, spec: ModelSpec, train: list[Pair], hel
     return state, info
 
 
+def _plain_copy(block: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the final block without any resident LoRA layers (an Engine may hold adapter sets on it)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    work = copy.deepcopy(block).requires_grad_(False)
+    for name, module in list(work.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(work.get_submodule(parent) if parent else work, child, module.get_base_layer())
+    return work
+
+
 def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last: bool = False):
     if not train:
         raise ValueError("train_bridge needs at least one training pair")
@@ -74,7 +86,7 @@ def _fit(block, spec, train, held_out, config, targets, seed, on_eval, keep_last
         raise ValueError("resolve the TrainConfig first: config.resolved(family)")
     device = next(block.parameters()).device
     torch.manual_seed(seed)
-    work = copy.deepcopy(block).requires_grad_(False)
+    work = _plain_copy(block)
     inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(targets)),
                             work, adapter_name="calibrating")
     params = [p for n, p in work.named_parameters() if "lora_" in n]

@@ -89,6 +89,7 @@ class Engine:
         self.pipe = loaded.pipe
         self.info: ModelInfo = model_info(self.pipe, loaded.call_defaults, loaded.source)
         self.adapters = dict(adapters or {})
+        self.cache_limits = cache_limits
         self.runtime = apply_bridge(self.pipe, config=None, cache_limits=cache_limits)
         if hasattr(self.pipe, "set_progress_bar_config"):
             self.pipe.set_progress_bar_config(disable=True)
@@ -102,7 +103,11 @@ class Engine:
         if schedule is None:
             return None
         ref = None if request.adapters is None else self.adapters.get(request.adapters, request.adapters)
-        return BridgeConfig(schedule, adapters=ref, adapter_id=request.adapters, allow_uncovered=request.allow_uncovered)
+        branches = self.info.branches
+        if len(branches) > 1 and not (request.guidance_scale or 0) > 1.0:
+            branches = branches[:1]  # two-branch pipelines run only the conditional branch without guidance
+        return BridgeConfig(schedule, adapters=ref, adapter_id=request.adapters, allow_uncovered=request.allow_uncovered,
+                            branches=branches)
 
     def run(self, request: GenerationRequest, *, progress: Progress | None = None, cancel: Cancel | None = None,
             keep_latents: bool = False) -> GenerationResult:
@@ -110,7 +115,8 @@ class Engine:
         if not isinstance(request, GenerationRequest):
             raise ValueError(f"request must be a GenerationRequest, got {type(request).__name__}")
         request = request.resolve(self.info)
-        apply_bridge(self.pipe, config=self.bridge_config(request))
+        # the runtime apply_bridge returns: a fresh one if something removed the hooks since (pair recording does)
+        self.runtime = apply_bridge(self.pipe, config=self.bridge_config(request), cache_limits=self.cache_limits)
         total, final = request.num_inference_steps, {}
 
         def on_step_end(pipe, i, t, tensors):
