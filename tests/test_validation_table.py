@@ -121,7 +121,8 @@ def workspace(tmp_path_factory):
     try:  # a finished calibration, for the resume rows
         assert main(["calibrate", "--model", "tiny:wan", "--prompts", "prompts.txt", "--steps", "4", "--schedule", "2",
                      "--out", "cal/set", "--epochs", "2", "--eval-every", "1", "--rank", "2", "--lr", "0.001"]) == 0
-        for source in ("tiny:wan", "toy:wan", "toy:hunyuan_video", "toy:flux", "wanfolder"):  # import what they need
+        for source in ("tiny:wan", "tiny:hunyuan_video", "tiny:flux", "toy:wan", "toy:hunyuan_video", "toy:flux",
+                       "wanfolder"):  # import what they need: the rows time the checks, not first imports
             try:
                 preflight.model_info(source)
             except ValueError:
