@@ -98,6 +98,40 @@ class Engine:
     def adapter_cache(self):
         return self.runtime.adapter_cache
 
+    # --- adapter sets kept resident without generating (Serve's @serve.multiplexed loads and unloads them) -----
+    def preload_adapters(self, name: str, ref: str | None = None) -> bool:
+        """Make adapter set `name` resident (checked against this model and its own schedule) without generating;
+        `ref` (directory) registers or replaces the reference of `name`. True if it was injected now, False if it
+        was already resident. Requests naming `name` then switch to it without loading anything."""
+        from ..bridge.adapter_set import AdapterSet
+
+        if ref is not None:
+            self.adapters[name] = ref
+        cache = self.adapter_cache
+        if name in cache:
+            cache.get(name, None)  # most recently used
+            return False
+        adapters = AdapterSet.load(self.adapters.get(name, name))
+        adapters.check_fits(self.pipe.transformer, self.info.family, adapters.schedule)
+        cache.get(name, lambda: adapters)
+        return True
+
+    def evict_adapters(self, name: str) -> bool:
+        """Remove adapter set `name` from the final block (True if it was resident)."""
+        resident = self.adapter_cache.sets.pop(name, None)
+        if resident is None:
+            return False
+        resident.remove()
+        return True
+
+    def transformer_facts(self) -> dict:
+        """What adapter sets are matched with: the transformer's class names (with bases) and config digest."""
+        from ..bridge.adapter_set import config_digest
+
+        transformer = self.pipe.transformer
+        return {"transformer_classes": [c.__name__ for c in type(transformer).__mro__ if c.__name__ != "object"],
+                "config_digest": config_digest(transformer), "adapter_injections": self.adapter_cache.injections}
+
     def bridge_config(self, request: GenerationRequest) -> BridgeConfig | None:
         schedule = request.bridge_schedule()
         if schedule is None:

@@ -199,6 +199,26 @@ class Generator:
         finally:
             ray.kill(control)
 
+    # --- adapter sets resident without generating (for servers that choose sets per request) ----------------
+    def preload_adapters(self, name: str, ref: str | None = None) -> bool:
+        """Make adapter set `name` (reference `ref`, or the one configured) resident on every rank; True if it was
+        injected now, False if it already was. See `Engine.preload_adapters`."""
+        return self._on_engines("preload_adapters", name, ref)
+
+    def evict_adapters(self, name: str) -> bool:
+        """Remove adapter set `name` from every rank (True if it was resident)."""
+        return self._on_engines("evict_adapters", name)
+
+    def transformer_facts(self) -> dict:
+        """The transformer's class names and config digest (what adapter sets record), and the adapter-set
+        injections of rank 0 so far."""
+        return self._on_engines("transformer_facts")
+
+    def _on_engines(self, method: str, *args):
+        if self.engine is not None:
+            return getattr(self.engine, method)(*args)
+        return self.group.run(_engine_method, method, *args)[0]
+
     def close(self) -> None:
         """Stop the worker group (if any) and free its GPUs; a one-process generator drops its pipeline."""
         if self.group is not None:
@@ -211,6 +231,11 @@ class Generator:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _engine_method(worker, method: str, *args):
+    """Run on every rank of a group: `worker.engine.<method>(*args)`."""
+    return getattr(worker.engine, method)(*args)
 
 
 def _unfactory(model):
