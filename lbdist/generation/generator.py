@@ -73,16 +73,10 @@ class GeneratorConfig:
         self._check_group()
 
     def _check_group(self) -> None:
-        """Degree arithmetic and worker options, before anything starts (a one-process generator takes none)."""
+        """Degree arithmetic and worker options, before anything starts. A one-process generator refuses degrees
+        (they would be ignored); worker options must be WorkerGroupConfig fields either way (typos)."""
         from dataclasses import fields as dataclass_fields
 
-        if self.sp_degree == 1:
-            given = {k: v for k, v in (("ulysses_degree", self.ulysses_degree), ("ring_degree", self.ring_degree),
-                                       ("worker", self.worker)) if v not in (None, 1, {})}
-            if given:
-                raise ValueError(f"{given} only apply to a worker group: set sp_degree > 1 (the number of ranks), "
-                                 "or leave them out")
-            return
         from ..parallel.config import WorkerGroupConfig
 
         allowed = {f.name for f in dataclass_fields(WorkerGroupConfig)}
@@ -90,7 +84,11 @@ class GeneratorConfig:
         unknown = sorted(map(str, set(self.worker) - allowed))
         if unknown:
             raise ValueError(f"worker options {unknown} are not WorkerGroupConfig fields; allowed: {sorted(allowed)}")
-        self.group_config()
+        if self.sp_degree > 1:
+            self.group_config()
+        elif self.ulysses_degree not in (None, 1) or self.ring_degree != 1:
+            raise ValueError(f"ulysses_degree={self.ulysses_degree!r}, ring_degree={self.ring_degree!r} only apply to a "
+                             "worker group: set sp_degree > 1 (the number of ranks), or leave them out")
 
     def group_config(self):
         from ..parallel.config import WorkerGroupConfig

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..bridge.schedule import Schedule, check_text
+from ..bridge.schedule import FORMS, Schedule, check_text
 
 VIDEO_FORMATS = ("mp4", "gif")
 IMAGE_FORMATS = ("png",)
@@ -163,7 +163,13 @@ class GenerationRequest:
 
     def _check_bridge(self) -> None:
         if self.schedule is not None:
-            object.__setattr__(self, "schedule", check_text(self.schedule))
+            try:
+                object.__setattr__(self, "schedule", check_text(self.schedule))
+            except ValueError:
+                if not isinstance(self.schedule, str):
+                    raise
+                raise ValueError(f"schedule {self.schedule!r:.120} is not a schedule: use {FORMS} with ASCII digits "
+                                 "(or None for full compute)") from None
         if self.adapters is not None:
             if not isinstance(self.adapters, str) or not self.adapters.strip():
                 raise ValueError(f"adapters must be a non-empty adapter-set id or None, got {self.adapters!r:.80}")
