@@ -5,9 +5,9 @@
 
     # GPU, one card (~6 min): direct Generator vs the same job through Serve (Wan2.1-1.3B config, random bf16
     # weights, 480x832x81, 50 steps, bridged N=6 with a resident random rank-32 adapter set)
-    PYTHONPATH=tools:$PWD python tools/bench_serve.py gpu --phases overhead --out $OUT/bench_serve_gpu.json
+    python tools/bench_serve.py gpu --phases overhead --out $OUT/bench_serve_gpu.json
     # GPU, two cards (~8 min): a burst of 8 jobs on 2 replicas x SP 1, then on 1 replica x SP 2
-    PYTHONPATH=tools:$PWD python tools/bench_serve.py gpu --phases replicas sp --out $OUT/bench_serve_gpu.json
+    python tools/bench_serve.py gpu --phases replicas sp --out $OUT/bench_serve_gpu.json
 
 CPU mode: one Ray instance on loopback, the real application (`lbdist.serve.app:build_app`) with one replica,
 `--concurrency` client threads each submitting jobs (POST; a 429 is retried after its Retry-After and counted)
@@ -21,8 +21,8 @@ GPU mode: `overhead` times `Generator.generate` (+ writing the mp4, as a Serve j
 times after a warm-up, then the same request through Serve (POST -> completed, polled every 20 ms), and reports
 the overhead as a share of the job's wall time (issue 11's bar: <= 2%). `replicas` and `sp` submit a burst of 8
 jobs at once to 2 replicas of SP 1 and to 1 replica of SP 2 and report throughput and p50/p95 latency. The
-pipeline is built on every replica (and rank) by `seeded_pipeline` below (the `factory` arg of the app), seeded
-so that the ranks of an SP group hold identical weights. JSON (card, commit from LBDIST_COMMIT or git, date) is
+pipeline is built on every replica (and rank) by `lbdist.evaluate.realsize.realsize_pipeline` (the `factory` arg
+of the app), seeded so that the ranks of an SP group hold identical weights. JSON (card, commit from LBDIST_COMMIT or git, date) is
 written after each phase; a table is printed at the end.
 """
 from __future__ import annotations
@@ -42,21 +42,6 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = [0.1]  # seconds between a client's status polls (--poll)
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-def seeded_pipeline(name: str = "wan-1.3b", device: str = "cuda"):  # a PipelineFactory target
-    """A real-size random-weight pipeline (tools/realsize.py) with its benchmark shape as the call defaults
-    (480x832x81 for Wan, 480x832x65 for HunyuanVideo), the same on every rank (seeded)."""
-    import torch
-
-    from lbdist.generation.loading import LoadedPipeline
-    from lbdist.models import spec_for_pipeline
-    from realsize import SHAPES, bench_pipeline, call_kwargs
-
-    torch.manual_seed(0)
-    pipe = bench_pipeline(name, device=device)
-    defaults = {**call_kwargs(name, SHAPES[name]), "num_inference_steps": 50}
-    return LoadedPipeline(pipe, spec_for_pipeline(pipe).family, f"realsize:{name}", defaults)
 
 
 # --- Ray and Serve --------------------------------------------------------------------------------------------
@@ -194,10 +179,10 @@ def _adapter_set(opts, directory: str) -> str:
     """A random rank-32 adapter set for the real-size transformer (compute does not depend on its values)."""
     from lbdist import Schedule
     from lbdist.bridge import random_adapter_set
-    from realsize import build
+    from lbdist.evaluate.realsize import build_transformer
 
     if not Path(directory, "lbdist_adapters.json").is_file():
-        transformer = build(opts.model, device=opts.device)
+        transformer = build_transformer(opts.model, device=opts.device)
         random_adapter_set(transformer, Schedule.parse(opts.schedule, opts.steps)).save(directory)
         del transformer
         _free(opts.device)
@@ -206,7 +191,7 @@ def _adapter_set(opts, directory: str) -> str:
 
 def gpu_app_args(opts, root: str, sp: int, replicas: int) -> dict:
     cpu = opts.device == "cpu"  # the CPU smoke test of this mode (gloo ranks, fractional CPUs)
-    return {"model": opts.model, "factory": "bench_serve:seeded_pipeline",
+    return {"model": opts.model, "factory": "lbdist.evaluate.realsize:realsize_pipeline",
             "factory_kwargs": {"name": opts.model, "device": opts.device}, "device": opts.device, "sp_degree": sp,
             "min_replicas": replicas, "max_replicas": replicas, "storage": f"{root}/jobs",
             "adapters": {"set": _adapter_set(opts, f"{root}/adapters")}, "max_queued_jobs": 16,
@@ -224,7 +209,8 @@ def direct_runs(opts, root: str) -> list[dict]:
     from lbdist import GenerationRequest, Generator, GeneratorConfig
     from lbdist.parallel import PipelineFactory
 
-    gen = Generator(PipelineFactory("bench_serve:seeded_pipeline", {"name": opts.model, "device": opts.device}),
+    gen = Generator(PipelineFactory("lbdist.evaluate.realsize:realsize_pipeline",
+                                    {"name": opts.model, "device": opts.device}),
                     GeneratorConfig(device=opts.device, adapters={"set": _adapter_set(opts, f"{root}/adapters")},
                                     threads=1 if opts.device == "cpu" else None))
     request = GenerationRequest(**gpu_body(opts))
@@ -320,7 +306,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (cpu 8, gpu 50)")
     p.add_argument("--phases", nargs="+", default=["overhead", "replicas", "sp"],
                    choices=("overhead", "replicas", "sp"), help="gpu: phases to run, in order")
-    p.add_argument("--model", default="wan-1.3b", help="gpu: tools/realsize.py config (wan-1.3b, hunyuan-video)")
+    p.add_argument("--model", default="wan-1.3b", help="gpu: a real size of lbdist.evaluate.realsize (wan-1.3b, hunyuan-video)")
     p.add_argument("--schedule", default="6", help="gpu: bridge schedule")
     p.add_argument("--repeats", type=int, default=3, help="gpu overhead: timed jobs each way")
     p.add_argument("--burst", type=int, default=8, help="gpu: jobs per burst")
@@ -334,7 +320,6 @@ def main(argv=None) -> int:
     if opts.mode == "cpu":
         cpu_mode(opts, report, opts.out)
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))  # realsize; replicas need PYTHONPATH=tools
         root = tempfile.mkdtemp(prefix="bench-serve-")
         for phase in opts.phases:
             if phase == "overhead":

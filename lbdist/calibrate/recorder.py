@@ -85,6 +85,11 @@ def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | 
     differences listed (`SettingsChanged`, a ValueError), unless `restart`, which discards the recording
     in `out_dir` (whatever its settings) and records again.
     """
+    if not isinstance(schedule, Schedule) or not schedule.bridged_steps:
+        raise ValueError(f"schedule {getattr(schedule, 'description', schedule)!r:.80} bridges no step, so there is "
+                         "nothing to calibrate: use a Schedule with an interval >= 2 (Schedule.periodic(steps, N))")
+    if not isinstance(config, RecordConfig):
+        raise ValueError(f"config must be a RecordConfig, got {type(config).__name__}")
     out_dir = Path(out_dir)
     manifest = _start_or_resume(out_dir, pairs_manifest(pipe, schedule, config), restart)
 

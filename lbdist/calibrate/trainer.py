@@ -187,6 +187,23 @@ def _resume(adapters: AdapterSet, out_dir: Path, settings: dict) -> None:
     adapters.extra["training"].update(info)
 
 
+def check_resumable(pipe, schedule: Schedule, record, out_dir: str | os.PathLike,
+                    config: TrainConfig = TrainConfig()) -> None:
+    """Refuse now, before any pair is recorded, a run into `out_dir` whose adapter set was trained with other
+    settings (`SettingsChanged`, the refusal `train_adapters` would give only after recording)."""
+    from .recorder import pairs_manifest
+
+    out_dir = Path(out_dir)
+    if not (out_dir / ADAPTER_MANIFEST).is_file():
+        return
+    spec = get_spec(pipe.transformer)
+    config = config.resolved(spec.family)
+    manifest = pairs_manifest(pipe, schedule, record)  # what the recording will hold
+    probe = AdapterSet(spec.family, spec.transformer_class.__name__, manifest["config_digest"], schedule, (),
+                       LoraSettings(config.rank, config.alpha, spec.lora_targets), extra={"training": {}})
+    _resume(probe, out_dir, training_settings(config, manifest))
+
+
 def train_adapters(transformer: torch.nn.Module, pairs_dir: str | os.PathLike, out_dir: str | os.PathLike,
                    config: TrainConfig = TrainConfig(), progress: bool = True, stop_after: int | None = None,
                    restart: bool = False) -> AdapterSet:

@@ -62,12 +62,19 @@ class GeneratorConfig:
     worker: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        from .preflight import check_device, check_dtype
+
+        check_device(self.device)
+        check_dtype(self.dtype)
         if type(self.sp_degree) is not int or self.sp_degree < 1:
             raise ValueError(f"sp_degree must be an integer >= 1, got {self.sp_degree!r}")
         if self.threads is not None and (type(self.threads) is not int or self.threads < 1):
             raise ValueError(f"threads must be an integer >= 1 or None, got {self.threads!r}")
         if not isinstance(self.cache, CacheLimits):
-            raise ValueError(f"cache must be a CacheLimits, got {type(self.cache).__name__}")
+            raise ValueError(f"cache must be a CacheLimits, got {type(self.cache).__name__} {self.cache!r:.80}")
+        for name in ("adapters", "worker"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r:.80}")
         bad = {k: v for k, v in dict(self.adapters).items() if not (isinstance(k, str) and isinstance(v, str) and k and v)}
         if bad:
             raise ValueError(f"adapters must map names to references (non-empty strings), got {bad}")
@@ -76,7 +83,26 @@ class GeneratorConfig:
         object.__setattr__(self, "compile", _compile_config(self.compile))
         if not isinstance(self.parallel_vae, bool):
             raise ValueError(f"parallel_vae must be true or false, got {self.parallel_vae!r}")
-        self.layout()  # degree arithmetic errors before anything starts
+        self._check_group()
+
+    def _check_group(self) -> None:
+        """Degree arithmetic and worker options, before anything starts. A one-process generator refuses degrees
+        (they would be ignored); worker options must be WorkerGroupConfig fields either way (typos)."""
+        from dataclasses import fields as dataclass_fields
+
+        from ..parallel.config import WorkerGroupConfig
+
+        allowed = {f.name for f in dataclass_fields(WorkerGroupConfig)}
+        allowed -= {"num_workers", "ulysses_degree", "ring_degree", "cfg_degree", "parallel_vae"}
+        unknown = sorted(map(str, set(self.worker) - allowed))
+        if unknown:
+            raise ValueError(f"worker options {unknown} are not WorkerGroupConfig fields; allowed: {sorted(allowed)}")
+        if self.sp_degree > 1:
+            self.layout()  # the degrees' arithmetic (the model's heads are checked once it is known)
+        elif any(d not in (None, 1) for d in (self.ulysses_degree, self.ring_degree, self.cfg_degree)):
+            raise ValueError(f"cfg_degree={self.cfg_degree!r}, ulysses_degree={self.ulysses_degree!r}, ring_degree="
+                             f"{self.ring_degree!r} only apply to a worker group: set sp_degree > 1 (the number of "
+                             "ranks), or leave them out")
 
     def layout(self, model=None):
         """The group's `GroupLayout` for `model` (a reference or factory; None: degrees alone, model unknown)."""
@@ -120,6 +146,7 @@ class Generator:
             raise ValueError(f"config must be a GeneratorConfig, got {type(config).__name__}")
         self.engine = None
         self.group = None
+        self._preflight = None
         from ..parallel.layout import GroupLayout
 
         self.layout = GroupLayout()  # cfg x ulysses x ring of the group (1 x 1 x 1 in this process)
@@ -137,9 +164,12 @@ class Generator:
             self.info: ModelInfo = self.engine.info
         else:
             from ..parallel import WorkerGroup
+            from . import preflight
 
             group_config = config.group_config(model)
             self.layout = GroupLayout(group_config.cfg_degree, group_config.ulysses_degree, group_config.ring_degree)
+            preflight.check_heads(model, group_config.ulysses_degree)  # from the config alone, before any actor
+            self._preflight = preflight.skeleton(model) if isinstance(model, str) else None  # for token checks
             self.group = WorkerGroup(group_config)
             self.group.start()
             try:
@@ -167,9 +197,14 @@ class Generator:
             request = GenerationRequest(request, **fields)
         elif fields:
             raise ValueError("pass either a GenerationRequest or a prompt with request fields, not both")
+        elif not isinstance(request, GenerationRequest):
+            raise ValueError(f"request must be a GenerationRequest or a prompt, got {type(request).__name__}")
         request = request.resolve(self.info)
         if self.engine is not None:
             return self.engine.run(request, progress=progress, cancel=cancel, keep_latents=keep_latents)
+        from .preflight import check_tokens
+
+        check_tokens(self._preflight, request, self.info, self.layout.sp)  # each half's split, before any rank works
         return self._group_generate(request, progress, cancel, keep_latents)
 
     def _group_generate(self, request, progress, cancel, keep_latents) -> GenerationResult:

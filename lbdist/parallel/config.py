@@ -36,6 +36,11 @@ def _is_int(value) -> bool:
     return type(value) is int
 
 
+def _positive(value) -> bool:
+    """A real number > 0 (not a bool, a string or NaN, which `> 0` would raise on or mislead)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 @dataclass(frozen=True)
 class WorkerGroupConfig:
     """Shape and resources of one sequence-parallel worker group (one Ray actor per GPU).
@@ -109,14 +114,18 @@ class WorkerGroupConfig:
                              "one rank drives one GPU")
         if self.gpus_per_worker == 0 and self.backend == "nccl":
             raise ValueError("backend 'nccl' needs GPUs but gpus_per_worker=0; use backend='gloo' for CPU workers")
-        if not self.cpus_per_worker > 0:
+        if not _positive(self.cpus_per_worker):
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
         if self.placement_strategy not in STRATEGIES:
             raise ValueError(f"placement_strategy must be one of {STRATEGIES}, got {self.placement_strategy!r}")
-        if not self.start_timeout_s > 0:
+        if not _positive(self.start_timeout_s):
             raise ValueError(f"start_timeout_s must be > 0, got {self.start_timeout_s!r}")
-        if self.call_timeout_s is not None and not self.call_timeout_s > 0:
+        if self.call_timeout_s is not None and not _positive(self.call_timeout_s):
             raise ValueError(f"call_timeout_s must be > 0 or None, got {self.call_timeout_s!r}")
+        if not isinstance(self.env_vars, Mapping):
+            raise ValueError(f"env_vars must be a mapping of variable names to values, got {self.env_vars!r:.80}")
+        if not isinstance(self.verify_weights, bool):
+            raise ValueError(f"verify_weights must be True or False, got {self.verify_weights!r:.80}")
         object.__setattr__(self, "env_vars", dict(self.env_vars))
 
     def worker_env(self) -> dict[str, str]:

@@ -23,10 +23,8 @@ Degrees given explicitly are kept; the rule fills only the others. Plain data, n
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from .degree import DegreeError
 
@@ -145,14 +143,6 @@ def choose_group_layout(world: int, model: ModelShape | None = None, *, cfg: int
 
 
 # --- what a model reference says about itself, read on the driver without loading weights ------------------
-def _shape_from_config(config: dict, family_of_class) -> ModelShape | None:
-    spec = family_of_class(config.get("_class_name", ""))
-    if spec is None:
-        return None
-    heads = config.get("num_attention_heads")
-    return ModelShape(spec.family, len(spec.branches), int(heads) if heads else None)
-
-
 def _spec_by_class(name: str):
     from ..models import specs
 
@@ -160,8 +150,10 @@ def _spec_by_class(name: str):
 
 
 def describe(model) -> ModelShape | None:
-    """`ModelShape` of a model reference (`tiny:` / `toy:` built-ins, a local folder, a cached Hub id) or of a
-    `PipelineFactory` over `load_pipeline(source=...)`; None when it cannot be told without building the model."""
+    """`ModelShape` of a model reference (`tiny:` / `toy:` built-ins, a local folder, a Hub id in the local cache;
+    read by `lbdist.generation.preflight.transformer_config`, never the network) or of a `PipelineFactory` over
+    `load_pipeline(source=...)`; None when it cannot be told without building the model. Tokens are left
+    unknown: requests of any size are checked per call against the group's split."""
     from .config import PipelineFactory
 
     if isinstance(model, PipelineFactory):
@@ -174,30 +166,13 @@ def describe(model) -> ModelShape | None:
         from ..models import get_spec_by_family
 
         spec = get_spec_by_family(model.split(":", 1)[1])
-        return ModelShape(spec.family, len(spec.branches), int(spec.tiny_config.get("num_attention_heads", 0)) or None)
-    path = _config_path(model)
-    if path is None:
+        config = dict(spec.tiny_config)
+    else:
+        from ..generation.preflight import transformer_config
+
+        config = transformer_config(model) or {}
+        spec = _spec_by_class(str(config.get("_class_name", "")))
+    if spec is None:
         return None
-    try:
-        return _shape_from_config(json.loads(Path(path).read_text()), _spec_by_class)
-    except (OSError, ValueError):
-        return None
-
-
-def _config_path(model: str) -> str | None:
-    if model.startswith("toy:"):
-        from ..toy.bundled import toy_path
-
-        try:
-            return str(toy_path(model.split(":", 1)[1]) / "transformer" / "config.json")
-        except ValueError:
-            return None
-    local = Path(model).expanduser()
-    if (local / "transformer" / "config.json").is_file():
-        return str(local / "transformer" / "config.json")
-    try:  # a Hub id: the cached file only (HF_HUB_OFFLINE is respected); any failure means "unknown"
-        from huggingface_hub import hf_hub_download
-
-        return hf_hub_download(model, "transformer/config.json", local_files_only=True)
-    except Exception:  # noqa: BLE001 - not a Hub id, not cached, no hub client: the rule falls back
-        return None
+    heads = config.get("num_attention_heads")
+    return ModelShape(spec.family, len(spec.branches), heads if type(heads) is int and heads > 0 else None)
