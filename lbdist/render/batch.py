@@ -224,6 +224,27 @@ def _run(pending, out, model, config, manifest, report, on_record) -> None:
             left = placement.remove_all()
             if left:
                 log.info("removed %d placement groups of finished or lost actors", left)
+        removed = _remove_torn_writes(out, [item.id for item in pending])
+        if removed:
+            log.info("removed %d temporary files of writes a lost actor did not finish", removed)
+
+
+def _remove_torn_writes(out: str, ids: list[str]) -> int:
+    """Delete `.<id>.*` temporaries that an actor killed mid-write left beside the outputs (writes are temp-then-
+    rename, so the real outputs are whole; only these leftovers remain). Local outputs only: an object store's
+    put leaves no temporary."""
+    from .. import storage
+
+    if not storage.is_local(out):
+        return 0
+    prefixes = tuple(f".{i}." for i in ids)
+    removed = 0
+    for folder in (out, storage.join(out, "records")):
+        for name in storage.listdir(folder):
+            if name.startswith(prefixes):
+                storage.remove(storage.join(folder, name))
+                removed += 1
+    return removed
 
 
 class _RenderDataContext:
