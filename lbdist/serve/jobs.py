@@ -149,14 +149,25 @@ class JobStore:
         return at
 
     def cancel_requested(self, job_id: str) -> float | None:
-        """When a cancel was asked for (unix time), or None. Cheap: one `exists` per call on a local disk."""
+        """When a cancel was recorded in the store (unix time), or None. Cheap: one `exists` per call on a local disk.
+
+        On a local disk that is the marker file's modification time (when it was written, just before it became
+        visible), not the ingress's clock before the write: replicas measure "steps after the request" from the
+        moment they could have seen it.
+        """
         path = storage.join(self._dir(job_id), "cancel")
         if not storage.exists(path):
             return None
         try:
-            return float(json.loads(storage.read_text(path))["requested_at"])
+            at = float(json.loads(storage.read_text(path))["requested_at"])
         except (FileNotFoundError, ValueError, KeyError):
             return time.time()
+        if storage.is_local(path):
+            try:
+                at = max(at, storage.local_path(path).stat().st_mtime)
+            except FileNotFoundError:
+                pass
+        return at
 
     def read_chunks(self, path: str, chunk: int = CHUNK) -> Iterator[bytes]:
         """The bytes of an output, in chunks (streamed: a long video never sits whole in the ingress)."""
