@@ -63,7 +63,7 @@ def svc():
     serve.start(http_options={"host": "127.0.0.1", "port": http_port})
     args = {"model": "tiny:wan", "device": "cpu", "threads": 1, "replica_cpus": 0.5, "storage": f"{root}/jobs",
             "adapters": _adapter_sets(root), "max_queued_jobs": MAX_QUEUED, "max_adapters_per_replica": 2,
-            "lease_s": LEASE_S, "probe_interval_s": 5}
+            "lease_s": LEASE_S, "progress_s": 0.1, "probe_interval_s": 5}
     serve.run(build_app(args), name="video", route_prefix="/")
     image_args = {"model": "tiny:flux", "device": "cpu", "threads": 1, "replica_cpus": 0.5,
                   "storage": f"{root}/image-jobs"}

@@ -7,7 +7,7 @@ for the ingress, and runs jobs from the `JobStore`:
    `in_progress` under this replica's owner token. A job cancelled while queued is closed here as `cancelled`.
 2. run: `Generator.generate` in a thread with a progress callback (steps, step latency) and a cancel callback read
    at every step boundary (the job's cancel marker, or a lost lease); a worker group stops every rank at the same
-   boundary. A heartbeat rewrites the record every second (or every lease_s / 5 if shorter) with the progress, and checks it still
+   boundary. A heartbeat rewrites the record every `progress_s` (1 s; or every lease_s / 5 if shorter) with the progress, and checks it still
    names this replica (if the ingress re-queued or failed it, the generation is cancelled and nothing is written).
 3. finish: the output is written first, then the record (`completed` with timings and calls; `cancelled` naming
    the step; `failed` with the error).
@@ -31,7 +31,6 @@ from .catalog import ModelFacts, publish_facts
 from .jobs import CANCELLED, COMPLETED, CONTENT_TYPES, FAILED, IN_PROGRESS, QUEUED, JobRecord, JobStore
 from .settings import ServeSettings, generator_config_kwargs
 
-PROGRESS_S = 1.0  # the record (progress and heartbeat) is rewritten at least this often while a job runs
 
 
 class NullMetrics:
@@ -191,7 +190,7 @@ class ReplicaWorker:
 
     async def _heartbeat(self, run: _Run) -> None:
         while True:
-            await asyncio.sleep(min(PROGRESS_S, self.settings.heartbeat_s))
+            await asyncio.sleep(min(self.settings.progress_s, self.settings.heartbeat_s))
             await asyncio.to_thread(self._beat, run)
 
     def _beat(self, run: _Run) -> None:

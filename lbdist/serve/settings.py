@@ -55,6 +55,8 @@ class ServeSettings(BaseModel):
                                           "(@serve.multiplexed LRU).")
     lease_s: float = Field(60.0, gt=0, le=86_400, description="A running job whose replica sent no heartbeat for "
                            "this long is failed (or retried); replicas beat every lease_s / 5.")
+    progress_s: float = Field(1.0, ge=0.01, le=60, description="A running job's record (progress, heartbeat) is "
+                              "rewritten this often (or every lease_s / 5 if shorter); GET shows progress this fresh.")
     retries: int = Field(0, ge=0, le=3, description="Times a job whose replica died is run again before it fails.")
     device: str = Field("auto", description="cuda, cpu or auto (GPUs reserved if the cluster has any at build "
                                             "time; say cuda on clusters whose GPU nodes scale from zero).")
