@@ -23,6 +23,9 @@ _LAZY = {
     # sequence parallelism outside Ray (torchrun)
     "apply_sequence_parallel": ".parallel.sp", "remove_sequence_parallel": ".parallel.sp",
     "SequenceParallelConfig": ".parallel.sp",
+    # performance: CFG-parallel, split VAE decode, compiled blocks (one apply_x each, after the bridge)
+    "apply_cfg_parallel": ".parallel.cfg", "CFGParallelConfig": ".parallel.cfg", "apply_parallel_vae": ".parallel.vae",
+    "CompileConfig": ".generation.compile", "compile_blocks": ".generation.compile",
     # model families
     "ModelSpec": ".models.spec", "register_spec": ".models",
 }

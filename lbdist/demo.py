@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
+from .generation.request import MAX_FPS, MAX_SEED, MAX_STEPS, GenerationRequest
 from .io import atomic_write, save_video
+
+_REQUEST_FIELDS = {f.name for f in fields(GenerationRequest)}
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,44 @@ class DemoConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if not 3 <= self.calibration_prompts <= 5:
-            raise ValueError(f"calibration_prompts={self.calibration_prompts}: LearniBridge calibrates from 3-5 prompts")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model={self.model!r:.80}: must be a model reference such as 'toy:wan'")
+        if type(self.calibration_prompts) is not int or not 3 <= self.calibration_prompts <= 5:
+            raise ValueError(f"calibration_prompts={self.calibration_prompts!r:.80}: LearniBridge calibrates from 3-5 "
+                             "prompts")
         if type(self.interval) is not int or self.interval < 2:
-            raise ValueError(f"interval={self.interval!r}: must be an integer >= 2 (1 would bridge nothing)")
-        if type(self.scale) is not int or not 1 <= self.scale <= 16:
-            raise ValueError(f"scale={self.scale!r}: must be an integer in 1..16")
+            raise ValueError(f"interval={self.interval!r:.80}: must be an integer >= 2 (1 would bridge nothing)")
+        if self.steps is not None and (type(self.steps) is not int or not 2 <= self.steps <= MAX_STEPS):
+            raise ValueError(f"steps={self.steps!r:.80}: must be an integer in 2..{MAX_STEPS} (a bridge needs a full "
+                             "step before it), or None for the model's default")
+        for name, low, high in (("rank", 1, 1024), ("epochs", 1, 10**6), ("seed", 0, MAX_SEED), ("threads", 1, 1024),
+                                ("fps", 1, MAX_FPS), ("scale", 1, 16)):
+            value = getattr(self, name)
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f"{name}={value!r:.80}: must be an integer in {low}..{high}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
+            raise ValueError(f"lr={self.lr!r:.80}: must be a finite number > 0")
+        reserved = {"prompt", "num_inference_steps", "seed", "schedule", "adapters"}  # the demo sets these itself
+        if not isinstance(self.extra, dict) or set(self.extra) & reserved or not set(self.extra) <= _REQUEST_FIELDS:
+            raise ValueError(f"extra={self.extra!r:.120}: must be a dict of other GenerationRequest fields "
+                             f"({sorted(_REQUEST_FIELDS - reserved)})")
+        _prompts(self)  # the shown prompt: in the toy grammar, held out
 
 
 def _prompts(config: DemoConfig) -> tuple[list[str], str]:
+    """(calibration prompts, the shown prompt): the shown one must be a video prompt of the toy grammar (the
+    demo scores its adherence) and not one of the calibration prompts."""
     from .toy.dataset import calibration_prompts, evaluation_prompts
+    from .toy.metric import parse_prompt
 
     calibration = calibration_prompts("video", n=config.calibration_prompts)
-    shown = config.prompt or evaluation_prompts("video", n=1)[0]
+    shown = config.prompt if config.prompt is not None else evaluation_prompts("video", n=1)[0]
+    if not isinstance(shown, str) or not shown.strip():
+        raise ValueError(f"prompt={shown!r:.80}: must be a non-empty prompt of the toy grammar, e.g. "
+                         f"{evaluation_prompts('video', n=1)[0]!r}")
+    if parse_prompt(shown)["kind"] != "video":
+        raise ValueError(f"prompt {shown!r} describes a still image; the demo shows a video: use "
+                         "'... moving <left|right|up|down> ...', e.g. " + repr(evaluation_prompts("video", n=1)[0]))
     if shown in calibration:
         raise ValueError(f"prompt {shown!r} is a calibration prompt; show a held-out one")
     return calibration, shown
@@ -91,27 +119,36 @@ def side_by_side(panels: dict[str, np.ndarray], scale: int) -> np.ndarray:
     return np.concatenate(row, axis=2)
 
 
-def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: bool = True) -> dict:
+def _check(out, config: DemoConfig | None) -> tuple[DemoConfig, list[str], str, GenerationRequest]:
+    """Everything the demo can check before any work: the config, its prompts, the output directory, the request."""
+    from .storage import check_writable_dir
+
+    config = DemoConfig() if config is None else config
+    if not isinstance(config, DemoConfig):
+        raise ValueError(f"config must be a DemoConfig, got {type(config).__name__}")
+    calibration, shown = _prompts(config)  # grammar, held out
+    check_writable_dir(out, "demo output directory")
+    request = GenerationRequest(shown, num_inference_steps=config.steps, seed=config.seed, **config.extra)
+    return config, calibration, shown, request
+
+
+def run_demo(out: str | Path, config: DemoConfig | None = None, progress: bool = True) -> dict:
+    config, calibration, shown, request = _check(out, config)
     from .bridge import Schedule
     from .calibrate import RecordConfig, TrainConfig, record_pairs, train_adapters
     from .evaluate.metrics import psnr, ssim
-    from .generation import GenerationRequest, Generator, GeneratorConfig, load_pipeline
+    from .generation import Generator, GeneratorConfig, load_pipeline
     from .toy.metric import adherence
-
     import torch
 
     out = Path(out)
-    calibration, shown = _prompts(config)  # a calibration prompt shown as held out is refused before any work
-    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.threads)
     started = time.perf_counter()
     loaded = load_pipeline(config.model, device="cpu", dtype="float32")
-    request = GenerationRequest(shown, num_inference_steps=config.steps, seed=config.seed,
-                                **config.extra).resolve(loaded.info)
-    steps = request.num_inference_steps
-    schedule = Schedule.periodic(steps, config.interval)
-    call = request.call_kwargs(loaded.info)
-    call.pop("num_inference_steps")
+    request = request.resolve(loaded.info)  # sizes and steps against the model, before calibrating
+    out.mkdir(parents=True, exist_ok=True)
+    schedule = Schedule.periodic(request.num_inference_steps, config.interval)
+    call = {k: v for k, v in request.call_kwargs(loaded.info).items() if k != "num_inference_steps"}
 
     t = time.perf_counter()
     record_pairs(loaded.pipe, schedule, RecordConfig(prompts=tuple(calibration), call_kwargs=call),
@@ -132,7 +169,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), progress: bool 
 
     full = runs["full compute"]
     report = {"model": config.model, "prompt": shown, "calibration_prompts": calibration,
-              "steps": steps, "schedule": schedule.description, "full_steps": len(schedule.full_steps),
+              "steps": schedule.num_steps, "schedule": schedule.description, "full_steps": len(schedule.full_steps),
               "calibration_seconds": round(calibration_s, 1), "config": asdict(config), "methods": {}}
     for name, run in runs.items():
         latent_err = float((run.latents - full.latents).norm() / full.latents.norm())

@@ -167,21 +167,43 @@ def remove(path: str | os.PathLike) -> None:
             fs.rm_file(inner)
 
 
-def check_writable(path: str | os.PathLike) -> None:
+def _usable_ancestor(path: str | os.PathLike, what: str) -> tuple[Path, Path]:
+    """(the local path, its nearest existing ancestor); ValueError naming the path if the OS cannot use it."""
+    try:
+        p = local_path(path)
+        parent = p.parent
+        while not parent.exists():
+            parent = parent.parent
+        return p, parent
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{what} {str(path)!r:.200}: not a usable path ({err})") from None
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> None:
     """Raise ValueError (naming the path) unless a file can be created at `path`; checked before long work starts."""
     if not is_local(path):
         filesystem(path)  # the driver exists
         return
-    p = local_path(path)
+    p, parent = _usable_ancestor(path, what)
     if p.is_dir():
-        raise ValueError(f"output {str(path)!r} is a directory; give a file name")
-    parent = p.parent
-    while not parent.exists():
-        parent = parent.parent
+        raise ValueError(f"{what} {str(path)!r} is a directory; give a file name")
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output {str(path)!r}: cannot write to {str(parent)!r} (not a writable directory)")
+        raise ValueError(f"{what} {str(path)!r}: cannot write to {str(parent)!r} (not a writable directory)")
     if p.exists() and not os.access(p, os.W_OK):
-        raise ValueError(f"output {str(path)!r} exists and is not writable")
+        raise ValueError(f"{what} {str(path)!r} exists and is not writable")
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output directory") -> None:
+    """Raise ValueError (naming the path) unless `path` is, or can be created as, a writable directory."""
+    if not is_local(path):
+        filesystem(path)  # the driver exists
+        return
+    p, parent = _usable_ancestor(path, what)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} {str(path)!r} is a file; give a directory (it is created if missing)")
+    target = p if p.is_dir() else parent
+    if not target.is_dir() or not os.access(target, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(path)!r}: cannot write to {str(target)!r} (not a writable directory)")
 
 
 def fetch_dir(path: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:

@@ -1,26 +1,37 @@
 """`tools/bench_fidelity.py --quick` and `tools/bench_speed.py --quick` on the CPU: every method produced finite
-metrics, every peer executed less than full compute, LearniBridge ran its calibrated adapters, reports exist."""
+metrics, every peer executed less than full compute, LearniBridge ran its calibrated adapters, reports exist;
+and the layout rule that tools and the package never edit the import path."""
 from __future__ import annotations
 
 import json
 import math
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
-sys.path.insert(0, str(TOOLS))
-
+ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def tool(name: str) -> dict:
+    """A script of tools/ loaded as a module (its `main` not run), without touching the import path."""
+    return runpy.run_path(str(ROOT / "tools" / f"{name}.py"))
+
+
+def test_no_import_path_edits_in_tools_package_or_jobs():
+    """`grep -rn sys.path tools lbdist jobs` finds nothing: scripts and jobs import the installed package."""
+    needle = b"sys." + b"path"  # spelled apart so this file would not be a hit itself
+    hits = [str(path.relative_to(ROOT)) for folder in ("tools", "lbdist", "jobs") if (ROOT / folder).is_dir()
+            for path in sorted((ROOT / folder).rglob("*"))
+            if path.is_file() and "__pycache__" not in path.parts and needle in path.read_bytes()]
+    assert hits == []
 
 
 @pytest.fixture(scope="module")
 def fidelity(tmp_path_factory):
-    import bench_fidelity
-
     out = tmp_path_factory.mktemp("fidelity")
-    assert bench_fidelity.main(["--quick", "--out", str(out)]) == 0
+    assert tool("bench_fidelity")["main"](["--quick", "--out", str(out)]) == 0
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -57,8 +68,6 @@ def test_fidelity_quick_every_peer_skipped_work(fidelity):
 
 
 def test_fidelity_quick_writes_reports_and_resumes(fidelity):
-    import bench_fidelity
-
     out, results = fidelity
     table = (out / "table.md").read_text()
     assert "## wan" in table and "LearniBridge" in table and "Not applied" in table
@@ -67,15 +76,17 @@ def test_fidelity_quick_writes_reports_and_resumes(fidelity):
         assert results["families"][family]["targets"]["evaluated"]
     cells = sorted((out / "cells").rglob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in cells}
-    assert bench_fidelity.main(["--quick", "--out", str(out), "--families", "flux", "--methods", "fewer_steps"]) == 0
+    assert results["commit"] and results["date"] and results["card"]
+    assert results["config"]["targets"]["at"] == json.loads((ROOT / "tools" / "targets.json").read_text())[
+        "bench_fidelity"]["at"]  # the bar comes from tools/targets.json
+    main = tool("bench_fidelity")["main"]
+    assert main(["--quick", "--out", str(out), "--families", "flux", "--methods", "fewer_steps"]) == 0
     assert all(p.stat().st_mtime_ns == stamps[p] for p in cells)  # finished cells were not run again
 
 
 def test_speed_quick_every_peer_skipped_work(tmp_path):
-    import bench_speed
-
     out = tmp_path / "speed.json"
-    assert bench_speed.main(["--quick", "--out", str(out)]) == 0
+    assert tool("bench_speed")["main"](["--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [m["model"] for m in report["models"]] == ["tiny-wan", "tiny-hunyuan-video", "tiny-flux"]
     for model in report["models"]:

@@ -152,7 +152,7 @@ def serve_cases(file: str, prefix: str = "", wrap=lambda e: e) -> list:
         (file, "typo", wrap(rename("http_options/port", "prot")), prefix + "http_options.prot", "unknown key"),
         (file, "fractional GPU", wrap(setval(app + "deployments/1/ray_actor_options/num_gpus", 0.5)),
          p + "deployments[1].ray_actor_options.num_gpus", "whole numbers"),
-        (file, "fractional GPU", wrap(setval(app + "args/sp_degree", 1.5)), p + "args.sp_degree", "whole number"),
+        (file, "fractional GPU", wrap(setval(app + "args/sp_degree", 1.5)), p + "args.sp_degree", "valid integer, got a number with a fractional part"),
         (file, "ingress with GPUs", wrap(setval(app + "deployments/0/ray_actor_options/num_gpus", 1)),
          p + "deployments[0].ray_actor_options.num_gpus", "the ingress holds no GPU"),
         (file, "unknown deployment", wrap(setval(app + "deployments/1/name", "Generator")),

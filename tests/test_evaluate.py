@@ -204,3 +204,38 @@ def test_magcache_ratios_come_from_diffusers_calibration_mode():
 def test_bad_arguments_raise_value_error_naming_the_value(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_methods_name_their_request_fields_and_take_module_ids_from_the_specs():
+    from lbdist.evaluate.peers import attention_modules, taylorseer_modules
+    from lbdist.models import get_spec_by_family
+
+    setup = MethodSetup("wan", 10, ("cond", "uncond"), adapters=lambda n: f"/sets/n{n}")
+    assert METHODS["learnibridge"].request(5, setup) == {"schedule": "periodic:5", "adapters": "/sets/n5"}
+    assert METHODS["bridge_uncal"].request(5, setup) == {"schedule": "periodic:5"}
+    assert METHODS["fewer_steps"].request(4, setup) == {"num_inference_steps": 4}
+    assert METHODS["taylorseer"].request(4, setup) == {}
+    for family in ("wan", "hunyuan_video", "flux"):
+        spec = get_spec_by_family(family)
+        assert taylorseer_modules(family) == spec.taylorseer_modules
+        assert attention_modules(family) == spec.attention_modules
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-hunyuan-video", "tiny-flux"])
+def test_real_size_stand_ins_build_from_their_spec_and_take_the_pipelines_inputs(name):
+    from lbdist.evaluate import realsize
+
+    spec, size = realsize.lookup(name)
+    model = realsize.build_transformer(name, "cpu", torch.float32)
+    latents, kwargs_at = realsize.step_inputs(name, model, "cpu", torch.float32)  # refuses a VAE of other factors
+    seen = {}
+
+    def tokens(module, args, kwargs):
+        seen["tokens"] = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).shape[1]
+
+    spec.final_block(model).register_forward_pre_hook(tokens, with_kwargs=True)
+    with torch.no_grad():
+        out = model(**kwargs_at(latents, 0.5))[0]
+    assert out.shape == latents.shape and torch.isfinite(out).all()
+    assert seen["tokens"] == realsize.latent_tokens(name)  # the spec's arithmetic, at the size's VAE factors
+    assert "% 2 = 0" in realsize.check_split(name, 2)

@@ -50,7 +50,7 @@ def test_round_trip_through_dict():
 @pytest.mark.parametrize("make,message", [
     (lambda: Schedule.periodic(10, 0), r"interval N must be an integer >= 1, got 0"),
     (lambda: Schedule.periodic(10, -3), r"interval N must be an integer >= 1, got -3"),
-    (lambda: Schedule.periodic(0, 2), r"num_steps must be an integer >= 1, got 0"),
+    (lambda: Schedule.periodic(0, 2), r"num_steps must be an integer in 1..10000, got 0"),
     (lambda: Schedule.periodic(10, 2, warmup=0), r"warmup must be an integer in 1\.\.10"),
     (lambda: Schedule.periodic(10, 2, cooldown=11), r"cooldown must be an integer in 0\.\.10"),
     (lambda: Schedule.explicit(10, []), r"full_steps is empty"),

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from lbdist.toy.bundled import PIPELINE_CLASSES, load_toy  # noqa: E402
-from lbdist.toy.dataset import calibration_prompts, evaluation_prompts  # noqa: E402
-from lbdist.toy.evaluate import contact_sheet, evaluate  # noqa: E402
+from lbdist.models import get_spec_by_family
+from lbdist.toy.bundled import PIPELINE_CLASSES, load_toy
+from lbdist.toy.dataset import calibration_prompts, evaluation_prompts
+from lbdist.toy.evaluate import contact_sheet, evaluate
 
 
 def main(argv=None) -> int:
@@ -32,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="PNG path")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    kind = "image" if args.family == "flux" else "video"
+    kind = get_spec_by_family(args.family).output
     if args.prompts == "heldout":
         prompts = evaluation_prompts(kind, n=min(args.n, len(evaluation_prompts(kind))))
     else:

@@ -14,12 +14,9 @@ import argparse
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from lbdist.toy.build import FAMILIES  # noqa: E402
-from lbdist.toy.train import TrainConfig, quick_config, train_toy  # noqa: E402
+from lbdist.toy.build import FAMILIES
+from lbdist.toy.train import TrainConfig, quick_config, train_toy
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train the three toy pipelines (wan, hunyuan_video, flux) at once, as three processes: one GPU each when
 # the machine has three or more, else all on the first GPU.
+# This is the trainer of the bundled (8-block, data set v1) toys. The deep toys of issue 14 (data set v2)
+# train in resumable chunks with tools/train_toys_chunk.sh (python -m lbdist.toy.chunks).
 #
 #   bash tools/train_toys_gpu.sh MINUTES OUTDIR [WORKDIR]      e.g.   bash tools/train_toys_gpu.sh 8 "$OUT"
 #

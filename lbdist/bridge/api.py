@@ -42,13 +42,13 @@ def _install(pipe, transformer: torch.nn.Module, limits: CacheLimits) -> BridgeR
     if len(blocks) < 2:
         raise ValueError(f"{type(transformer).__name__} has {len(blocks)} block(s); bridging needs at least 2")
     scheduler = getattr(pipe, "scheduler", None)
-    steps_of = None
-    if scheduler is not None:
-        def steps_of():
-            timesteps = getattr(scheduler, "timesteps", None)
-            return None if timesteps is None else len(timesteps)
+
+    def steps_of():
+        timesteps = getattr(scheduler, "timesteps", None)
+        return None if timesteps is None else len(timesteps)
     cache = AdapterCache(blocks[-1], spec.lora_targets, limits)
-    runtime = BridgeRuntime(spec, None, None, steps_of=steps_of, adapter_cache=cache)
+    runtime = BridgeRuntime(spec, None, None, steps_of=steps_of if scheduler is not None else None,
+                            adapter_cache=cache)
     HookRegistry.check_if_exists_or_initialize(transformer).register_hook(StepHook(runtime), STEP_HOOK)
     HookRegistry.check_if_exists_or_initialize(blocks[-1]).register_hook(FinalBlockHook(runtime, blocks[-1]), FINAL_HOOK)
     HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()

@@ -39,12 +39,13 @@ class BridgeConfig:
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
             raise ValueError(f"BridgeConfig.schedule must be an lbdist Schedule (Schedule.periodic / .explicit / "
-                             f".parse), got {type(self.schedule).__name__}")
+                             f".parse), got {type(self.schedule).__name__} {self.schedule!r:.80}")
         if self.adapters is not None and not isinstance(self.adapters, (AdapterSet, str, os.PathLike)):
             raise ValueError(f"BridgeConfig.adapters must be an AdapterSet, a path, a URI, a Hub id or None, "
-                             f"got {type(self.adapters).__name__}")
+                             f"got {type(self.adapters).__name__} {self.adapters!r:.80}")
         if isinstance(self.adapters, str) and not self.adapters.strip():
-            raise ValueError("BridgeConfig.adapters is an empty string; pass None for the uncalibrated bridge")
+            raise ValueError(f"BridgeConfig.adapters is an empty string ({self.adapters!r}); pass None for the "
+                             "uncalibrated bridge")
         if self.adapter_id is not None and (not isinstance(self.adapter_id, str) or not self.adapter_id):
             raise ValueError(f"BridgeConfig.adapter_id must be a non-empty string or None, got {self.adapter_id!r}")
         if not isinstance(self.allow_uncovered, bool):

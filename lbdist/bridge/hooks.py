@@ -122,6 +122,11 @@ class BridgeRuntime:
         current.state.calls += 1
         self.current = None
 
+    def cached_bytes(self) -> dict[str, int]:
+        """Bytes of the final-block stream held per guidance branch now (what a bridged step reuses)."""
+        return {name: sum(t.nbytes for t in state.cache.values())
+                for name, state in self.states._state_cache.items() if state.cache}
+
 
 class StepHook(ModelHook):
     _is_stateful = True

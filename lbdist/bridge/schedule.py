@@ -15,6 +15,32 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+MAX_STEPS = 10_000  # a schedule is a tuple per step: far beyond any sampler, small enough to stay instant
+FORMS = "'N', 'periodic:N[:w=W][:z=Z]' or 'steps:0,5,10'"
+_NUM = r"[0-9]{1,9}"  # ASCII digits only (manifests and logs print them back), at most 9
+_INTERVAL = re.compile(_NUM)
+_PERIODIC = re.compile(rf"periodic:({_NUM})((?::[wz]={_NUM})*)")
+_STEPS = re.compile(rf"steps:({_NUM}(?:,{_NUM})*)")
+
+
+def check_text(text) -> str:
+    """The schedule text stripped of surrounding whitespace, or ValueError naming it and the allowed forms.
+
+    Checks the syntax only (no step count needed), so requests can refuse a malformed schedule on construction.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"schedule must be a string ({FORMS}), got {type(text).__name__} {text!r:.80}")
+    stripped = text.strip()
+    if not any(form.fullmatch(stripped) for form in (_INTERVAL, _PERIODIC, _STEPS)):
+        raise ValueError(f"cannot parse schedule {text!r:.120}: use {FORMS} (non-negative integers of at most "
+                         "9 digits)")
+    return stripped
+
+
+def _check_steps(num_steps) -> None:
+    if type(num_steps) is not int or not 1 <= num_steps <= MAX_STEPS:
+        raise ValueError(f"num_steps must be an integer in 1..{MAX_STEPS}, got {num_steps!r:.80}")
+
 
 @dataclass(frozen=True)
 class StepPlan:
@@ -46,8 +72,9 @@ class Schedule:
     _anchor: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if type(self.num_steps) is not int or self.num_steps < 1:
-            raise ValueError(f"num_steps must be an integer >= 1, got {self.num_steps!r}")
+        _check_steps(self.num_steps)
+        if isinstance(self.full_steps, (str, bytes)) or not hasattr(self.full_steps, "__iter__"):
+            raise ValueError(f"full_steps must be a sequence of step indices, got {self.full_steps!r:.80}")
         steps = tuple(self.full_steps)
         if not steps:
             raise ValueError("full_steps is empty; it must contain at least step 0")
@@ -76,9 +103,8 @@ class Schedule:
         `interval` is the paper's N (N=1: every step full). `warmup` >= 1 (step 0 is always full).
         """
         if type(interval) is not int or interval < 1:
-            raise ValueError(f"interval N must be an integer >= 1, got {interval!r}")
-        if type(num_steps) is not int or num_steps < 1:
-            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+            raise ValueError(f"interval N must be an integer >= 1, got {interval!r:.80}")
+        _check_steps(num_steps)
         if type(warmup) is not int or not 1 <= warmup <= num_steps:
             raise ValueError(f"warmup must be an integer in 1..{num_steps} (step 0 is always full), got {warmup!r}")
         if type(cooldown) is not int or not 0 <= cooldown <= num_steps:
@@ -98,21 +124,20 @@ class Schedule:
 
     @classmethod
     def parse(cls, text: str, num_steps: int) -> "Schedule":
-        """CLI form: `N` or `periodic:N[:w=W][:z=Z]`, or `steps:0,5,10,...` (explicit full steps)."""
-        text = text.strip()
-        if re.fullmatch(r"\d+", text):
+        """CLI form: `N` or `periodic:N[:w=W][:z=Z]`, or `steps:0,5,10,...` (explicit full steps).
+
+        Any input either gives a Schedule or raises ValueError naming the text (or the step count) and what
+        is allowed.
+        """
+        text = check_text(text)
+        _check_steps(num_steps)
+        if _INTERVAL.fullmatch(text):
             return cls.periodic(num_steps, int(text))
-        m = re.fullmatch(r"periodic:(\d+)((?::[wz]=\d+)*)", text)
+        m = _PERIODIC.fullmatch(text)
         if m:
             opts = dict(kv.split("=") for kv in m.group(2).split(":") if kv)
             return cls.periodic(num_steps, int(m.group(1)), int(opts.get("w", 1)), int(opts.get("z", 0)))
-        m = re.fullmatch(r"steps:(\d+(?:,\d+)*)", text)
-        if m:
-            return cls.explicit(num_steps, [int(s) for s in m.group(1).split(",")])
-        raise ValueError(
-            f"cannot parse schedule {text!r}; use 'N', 'periodic:N[:w=W][:z=Z]' or 'steps:0,5,10' "
-            f"(steps in 0..{num_steps - 1})"
-        )
+        return cls.explicit(num_steps, [int(s) for s in _STEPS.fullmatch(text).group(1).split(",")])
 
     # --- queries ------------------------------------------------------------------------------------
     def plan(self, step: int) -> StepPlan:

@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import RecordConfig, TrainConfig
 from .recorder import pairs_differences, record_pairs
 from .resume import SettingsChanged
-from .trainer import load_pairs, train_adapters, train_bridge
+from .trainer import check_resumable, load_pairs, train_adapters, train_bridge
 
 
 def calibrate(pipe, schedule, record: RecordConfig, out_dir: str | os.PathLike, train: TrainConfig = TrainConfig(),
@@ -23,16 +23,18 @@ def calibrate(pipe, schedule, record: RecordConfig, out_dir: str | os.PathLike, 
     """Record pairs (into `pairs_dir`, default `<out_dir>-pairs`) and train the adapter set into `out_dir`.
 
     A rerun resumes both halves if their settings are unchanged, and refuses other settings listing the
-    differences (`SettingsChanged`, a ValueError). `restart=True` starts over: the adapter set in `out_dir`
-    is trained again from scratch, and the pairs are recorded again if their recording settings changed
-    (identical settings record identical pairs, so those are kept).
+    differences (`SettingsChanged`, a ValueError), before recording anything. `restart=True` starts over:
+    the adapter set in `out_dir` is trained again from scratch, and the pairs are recorded again if their
+    recording settings changed (identical settings record identical pairs, so those are kept).
     """
     out_dir = Path(out_dir)
     pairs_dir = Path(pairs_dir) if pairs_dir is not None else out_dir.with_name(out_dir.name + "-pairs")
+    if not restart:
+        check_resumable(pipe, schedule, record, out_dir, train)  # other settings: refused before recording
     redo_pairs = restart and bool(pairs_differences(pipe, schedule, record, pairs_dir))
     record_pairs(pipe, schedule, record, pairs_dir, progress=progress, restart=redo_pairs)
     return train_adapters(pipe.transformer, pairs_dir, out_dir, train, progress=progress, restart=restart)
 
 
-__all__ = ["RecordConfig", "SettingsChanged", "TrainConfig", "calibrate", "load_pairs", "pairs_differences",
-           "record_pairs", "train_adapters", "train_bridge"]
+__all__ = ["RecordConfig", "SettingsChanged", "TrainConfig", "calibrate", "check_resumable", "load_pairs",
+           "pairs_differences", "record_pairs", "train_adapters", "train_bridge"]

@@ -1,7 +1,11 @@
 """Frozen configs of calibration: what to record, and how to train each bridge's adapter."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+MAX_SEED = 2**63 - 1
 
 @dataclass(frozen=True)
 class RecordConfig:
@@ -18,14 +22,32 @@ class RecordConfig:
     call_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        prompts = tuple(p.strip() for p in self.prompts)
+        if isinstance(self.prompts, (str, bytes)) or not isinstance(self.prompts, Iterable):
+            raise ValueError(f"prompts must be a sequence of prompt strings (3-5), got {self.prompts!r:.80}")
+        raw = tuple(self.prompts)
+        bad = [p for p in raw if not isinstance(p, str)]
+        if bad:
+            raise ValueError(f"prompts must be strings, got {bad[0]!r:.80} ({type(bad[0]).__name__})")
+        prompts = tuple(p.strip() for p in raw)
         if not prompts or any(not p for p in prompts):
-            raise ValueError(f"calibration needs at least one non-empty prompt, got {list(self.prompts)!r}")
+            raise ValueError(f"calibration needs at least one non-empty prompt, got {list(raw)!r:.200}")
+        if isinstance(self.seeds, (str, bytes)) or not isinstance(self.seeds, Iterable):
+            raise ValueError(f"seeds must be a sequence of integers (one per prompt), got {self.seeds!r:.80}")
         seeds = tuple(self.seeds) or tuple(range(len(prompts)))
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one seed per prompt")
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, Integral) or not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must be integers in 0..{MAX_SEED}, got {bad[0]!r:.80}")
+        if not isinstance(self.call_kwargs, Mapping):
+            raise ValueError(f"call_kwargs must be a mapping of pipeline call arguments, got {self.call_kwargs!r:.80}")
         object.__setattr__(self, "prompts", prompts)
         object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
+
+
+def _number(value) -> bool:
+    """A real number that is not a bool and not NaN (comparisons on anything else would mislead or raise)."""
+    return isinstance(value, Real) and not isinstance(value, bool) and value == value
 
 
 @dataclass(frozen=True)
@@ -67,19 +89,33 @@ class TrainConfig:
     max_seconds: float | None = None
 
     def __post_init__(self):
+        num = _number
         checks = [
-            (type(self.rank) is int and self.rank >= 1, f"rank must be an integer >= 1, got {self.rank!r}"),
-            (self.alpha > 0, f"alpha must be > 0, got {self.alpha!r}"),
-            (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr!r}"),
+            (type(self.rank) is int and self.rank >= 1, f"rank must be an integer >= 1, got {self.rank!r:.80}"),
+            (num(self.alpha) and 0 < self.alpha < float("inf"),
+             f"alpha must be > 0, got {self.alpha!r:.80} (a finite number)"),
+            (self.lr is None or (num(self.lr) and 0 < self.lr < float("inf")),
+             f"lr must be > 0, got {self.lr!r:.80} (a finite number, or None: the family's)"),
             (self.max_epochs is None or (type(self.max_epochs) is int and self.max_epochs >= 1),
-             f"max_epochs must be an integer >= 1, got {self.max_epochs!r}"),
+             f"max_epochs must be an integer >= 1, got {self.max_epochs!r:.80}"),
             (type(self.holdout_prompts) is int and self.holdout_prompts >= 0,
-             f"holdout_prompts must be an integer >= 0, got {self.holdout_prompts!r}"),
-            (type(self.eval_every) is int and self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every!r}"),
-            (type(self.patience) is int and self.patience >= 1, f"patience must be >= 1, got {self.patience!r}"),
-            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta!r}"),
-            (self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip!r}"),
-            (self.max_seconds is None or self.max_seconds > 0, f"max_seconds must be > 0, got {self.max_seconds!r}"),
+             f"holdout_prompts must be an integer >= 0, got {self.holdout_prompts!r:.80}"),
+            (isinstance(self.refit, bool), f"refit must be True or False, got {self.refit!r:.80}"),
+            (type(self.eval_every) is int and self.eval_every >= 1,
+             f"eval_every must be an integer >= 1, got {self.eval_every!r:.80}"),
+            (type(self.patience) is int and self.patience >= 1,
+             f"patience must be an integer >= 1, got {self.patience!r:.80}"),
+            (num(self.min_delta) and self.min_delta >= 0,
+             f"min_delta must be >= 0, got {self.min_delta!r:.80} (a number)"),
+            (num(self.grad_clip) and self.grad_clip > 0,
+             f"grad_clip must be > 0, got {self.grad_clip!r:.80} (a number)"),
+            (num(self.weight_decay) and self.weight_decay >= 0,
+             f"weight_decay must be >= 0, got {self.weight_decay!r:.80} (a number)"),
+            (isinstance(self.autocast, bool), f"autocast must be True or False, got {self.autocast!r:.80}"),
+            (type(self.seed) is int and 0 <= self.seed <= MAX_SEED,
+             f"seed must be an integer in 0..{MAX_SEED}, got {self.seed!r:.80}"),
+            (self.max_seconds is None or (num(self.max_seconds) and self.max_seconds > 0),
+             f"max_seconds must be > 0, got {self.max_seconds!r:.80} (a number, or None: no cap)"),
         ]
         for ok, message in checks:
             if not ok:

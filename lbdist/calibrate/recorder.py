@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..bridge import Schedule, config_digest, disable_bridge, enable_bridge
+from ..bridge import BridgeConfig, Schedule, apply_bridge, config_digest, get_bridge, remove_bridge
 from ..models import BlockArgs, get_spec
 from .config import RecordConfig
 from .resume import RECORDING_KEYS, clear_pairs, refusal, settings_differences
@@ -85,6 +85,11 @@ def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | 
     differences listed (`SettingsChanged`, a ValueError), unless `restart`, which discards the recording
     in `out_dir` (whatever its settings) and records again.
     """
+    if not isinstance(schedule, Schedule) or not schedule.bridged_steps:
+        raise ValueError(f"schedule {getattr(schedule, 'description', schedule)!r:.80} bridges no step, so there is "
+                         "nothing to calibrate: use a Schedule with an interval >= 2 (Schedule.periodic(steps, N))")
+    if not isinstance(config, RecordConfig):
+        raise ValueError(f"config must be a RecordConfig, got {type(config).__name__}")
     out_dir = Path(out_dir)
     manifest = _start_or_resume(out_dir, pairs_manifest(pipe, schedule, config), restart)
 
@@ -94,7 +99,9 @@ def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | 
     args = BlockArgs(final)
     store = TensorStore(out_dir)
     anchors = set(schedule.full_steps)
-    runtime = enable_bridge(pipe, Schedule.full(schedule.num_steps))
+    before = get_bridge(pipe)  # a pipeline already bridged (an Engine's) gets its configuration back afterwards
+    previous = None if before is None else (before.schedule, before.adapters)
+    runtime = apply_bridge(pipe, config=BridgeConfig(Schedule.full(schedule.num_steps)))
     state = {"anchor": {}, "entries": [], "prompt": None}
 
     def on_final_block(module, a, kw, output):
@@ -135,5 +142,8 @@ def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | 
     finally:
         bar.close()
         handle.remove()
-        disable_bridge(pipe)
+        if previous is None:
+            remove_bridge(pipe)
+        else:
+            runtime.configure(*previous)
     return manifest

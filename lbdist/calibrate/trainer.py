@@ -69,11 +69,24 @@ def train_bridge(block: torch.nn.Module, spec: ModelSpec, train: list[Pair], hel
     return state, info
 
 
-def lora_copy(block: torch.nn.Module, config: TrainConfig, targets: tuple[str, ...], seed: int):
-    """A frozen copy of `block` with a fresh fp32 LoRA ("calibrating") seeded by `seed`; returns (copy, LoRA
-    parameters). The distributed trainer starts every bridge from this same initial state."""
-    torch.manual_seed(seed)
+def _plain_copy(block: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the final block without any resident LoRA layers (an Engine may hold adapter sets on it)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     work = copy.deepcopy(block).requires_grad_(False)
+    for name, module in list(work.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(work.get_submodule(parent) if parent else work, child, module.get_base_layer())
+    return work
+
+
+def lora_copy(block: torch.nn.Module, config: TrainConfig, targets: tuple[str, ...], seed: int):
+    """A frozen copy of `block` (resident LoRA layers stripped) with a fresh fp32 LoRA ("calibrating") seeded
+    by `seed`; returns (copy, LoRA parameters). The distributed trainer starts every bridge from this same
+    initial state."""
+    torch.manual_seed(seed)
+    work = _plain_copy(block)
     inject_adapter_in_model(LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=list(targets)),
                             work, adapter_name="calibrating")
     params = [p for n, p in work.named_parameters() if "lora_" in n]
@@ -179,6 +192,23 @@ def _resume(adapters: AdapterSet, out_dir: Path, settings: dict) -> None:
     adapters.weights.update(done.weights)
     adapters.digests.update(done.digests)
     adapters.extra["training"].update(info)
+
+
+def check_resumable(pipe, schedule: Schedule, record, out_dir: str | os.PathLike,
+                    config: TrainConfig = TrainConfig()) -> None:
+    """Refuse now, before any pair is recorded, a run into `out_dir` whose adapter set was trained with other
+    settings (`SettingsChanged`, the refusal `train_adapters` would give only after recording)."""
+    from .recorder import pairs_manifest
+
+    out_dir = Path(out_dir)
+    if not (out_dir / ADAPTER_MANIFEST).is_file():
+        return
+    spec = get_spec(pipe.transformer)
+    config = config.resolved(spec.family)
+    manifest = pairs_manifest(pipe, schedule, record)  # what the recording will hold
+    probe = AdapterSet(spec.family, spec.transformer_class.__name__, manifest["config_digest"], schedule, (),
+                       LoraSettings(config.rank, config.alpha, spec.lora_targets), extra={"training": {}})
+    _resume(probe, out_dir, training_settings(config, manifest))
 
 
 def train_adapters(transformer: torch.nn.Module, pairs_dir: str | os.PathLike, out_dir: str | os.PathLike,

@@ -1,6 +1,10 @@
 """`lbdist calibrate`: record pairs for a prompt file and train the adapter set (resumable).
 
     lbdist calibrate --model tiny:wan --prompts prompts.txt --steps 20 --schedule 5 --out adapters/wan-n5
+
+Every argument is checked before the model's weights load (`check_args`): the prompt file, seeds and held-out
+count against it, training settings, the output directories, and the schedule and sizes against the model's
+configs (`lbdist.generation.preflight`).
 """
 from __future__ import annotations
 
@@ -14,24 +18,65 @@ def read_prompts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--prompts {path!r} is not a file (one prompt per line)")
-    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--prompts {path!r}: not readable as UTF-8 text ({err})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not prompts:
         raise ValueError(f"--prompts {path!r} holds no prompts (one per line; '#' starts a comment)")
     return prompts
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..calibrate import RecordConfig, TrainConfig, calibrate
+def pairs_dir(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    return Path(args.pairs) if args.pairs else out.with_name(out.name + "-pairs")
+
+
+def check_args(args: argparse.Namespace):
+    """Everything calibrate can check before the model loads: (RecordConfig, TrainConfig, shape request).
+
+    The checks that need no library come first, so most mistakes are refused before torch is imported."""
+    from ..generation import preflight
     from ..generation.request import GenerationRequest
+    from ..storage import check_writable_dir, is_uri
 
     prompts = read_prompts(args.prompts)
+    if args.seeds and len(args.seeds) != len(prompts):
+        raise ValueError(f"--seeds: {len(args.seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
+    if args.holdout and args.holdout >= len(prompts):
+        raise ValueError(f"--holdout {args.holdout}: must be smaller than the number of prompts ({len(prompts)} in "
+                         f"{args.prompts!r}), so that some prompts are left to train on")
+    for number, prompt in enumerate(prompts, 1):
+        try:
+            GenerationRequest(prompt)  # the same prompt rules as generation
+        except ValueError as err:
+            raise ValueError(f"--prompts {args.prompts!r}, prompt {number}: {err}") from None
+    shape = GenerationRequest(prompts[0], height=args.height, width=args.width, num_frames=args.frames,
+                              num_inference_steps=args.steps, guidance_scale=args.guidance, schedule=args.schedule)
+    if is_uri(args.out) or (args.pairs and is_uri(args.pairs)):
+        raise ValueError(f"--out {args.out!r} / --pairs {args.pairs!r}: calibration writes to local directories; "
+                         "copy the adapter set to a URI or the Hub afterwards")
+    check_writable_dir(args.out, "--out")
+    check_writable_dir(pairs_dir(args), "--pairs")
+    preflight.check_device(args.device)
+    preflight.check_dtype(args.dtype)
+    from ..calibrate import RecordConfig, TrainConfig
+
+    record = RecordConfig(prompts=tuple(prompts), seeds=tuple(args.seeds or ()))
     train = TrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, max_epochs=args.epochs,
                         holdout_prompts=args.holdout, patience=args.patience, eval_every=args.eval_every,
                         seed=args.seed)
-    shape = GenerationRequest(prompts[0], height=args.height, width=args.width, num_frames=args.frames,
-                              num_inference_steps=args.steps, guidance_scale=args.guidance, schedule=args.schedule)
-    if args.seeds and len(args.seeds) != len(prompts):
-        raise ValueError(f"--seeds: {len(args.seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
+    preflight.check_request(args.model, shape)  # sizes, frames, the schedule against the steps, before the weights
+    return record, train, shape
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    record, train, shape = check_args(args)
+    from ..calibrate import calibrate
+
     set_threads(args.device)
     from ..generation.loading import load_pipeline
 
@@ -40,9 +85,8 @@ def run(args: argparse.Namespace) -> int:
     schedule, steps = shape.bridge_schedule(), shape.num_inference_steps
     call = shape.call_kwargs(loaded.info)
     call.pop("num_inference_steps")
-    record = RecordConfig(prompts=tuple(prompts), seeds=tuple(args.seeds or ()), call_kwargs=call)
-    out = Path(args.out)
-    pairs = Path(args.pairs) if args.pairs else out.with_name(out.name + "-pairs")
+    record = replace(record, call_kwargs=call)
+    out, pairs = Path(args.out), pairs_dir(args)
     loaded.pipe.set_progress_bar_config(disable=True)
     adapters = calibrate(loaded.pipe, schedule, record, out, train, pairs_dir=pairs, restart=args.restart)
     info = adapters.extra.get("training", {}).values()

@@ -1,6 +1,9 @@
 """`lbdist demo`: calibrate the bundled Wan toy from 3 prompts and show it beside full compute (README's main job).
 
     lbdist demo --out out/demo
+
+Every option is checked before any work (`DemoConfig`: prompt count, the shown prompt against the toy grammar,
+interval, steps; the output directory): a bad value is one line and exit code 2 within a second.
 """
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ from pathlib import Path
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, run_demo
+    from ..storage import check_writable_dir
 
     options = dict(model=args.model, interval=args.interval, steps=args.steps, calibration_prompts=args.prompts,
                    prompt=args.prompt, epochs=args.epochs)
-    config = DemoConfig(**{k: v for k, v in options.items() if v is not None})
+    config = DemoConfig(**{k: v for k, v in options.items() if v is not None})  # every value checked here
+    check_writable_dir(args.out, "--out")
     report = run_demo(args.out, config)
     print((Path(args.out) / "report.md").read_text())
     print(f"wrote {args.out}/side_by_side.mp4, side_by_side.gif, report.md, report.json "

@@ -2,8 +2,10 @@
 
     lbdist generate --model tiny:wan --prompt "a red circle moving left" --steps 20 --schedule 5 --out out/wan.mp4
 
-Everything that can be checked without the model (request fields, output name and directory) is checked before
-the model loads; the rest (sizes against the model, the adapter set against the schedule) before any step runs.
+Everything is checked before the model's weights load: request fields, output name and directory, device and
+dtype names, the adapter-set reference, and the request against the model's configs (sizes, frames, format, the
+schedule against the steps; `lbdist.generation.preflight`). The adapter set's contents and coverage are checked
+once it loads, before any step runs.
 """
 from __future__ import annotations
 
@@ -17,16 +19,29 @@ def run(args: argparse.Namespace) -> int:
     from ..storage import check_writable
 
     request = GenerationRequest(args.prompt, output_format=output_format(args.out), **request_fields(args))
-    check_writable(args.out)
+    check_writable(args.out, "--out")
+    from ..generation import preflight
+
+    preflight.check_device(args.device)
+    preflight.check_dtype(args.dtype)
+    preflight.check_adapters(request.adapters)
+    preflight.check_request(args.model, request)  # sizes, frames, schedule against the model, before its weights
     set_threads(args.device)
     from ..generation.generator import Generator, GeneratorConfig
     from tqdm.auto import tqdm
 
     generator = Generator(args.model, GeneratorConfig(device=args.device, dtype=args.dtype))
     request = request.resolve(generator.info)
-    bar = tqdm(total=request.num_inference_steps, desc=f"{generator.info.family} denoising", unit="step")
-    result = generator.generate(request, progress=lambda done, total: bar.update(done - bar.n))
-    bar.close()
+    bars = []  # the bar appears with the first step, after the adapter set loaded and passed its checks
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc=f"{generator.info.family} denoising", unit="step"))
+        bars[0].update(done - bars[0].n)
+
+    result = generator.generate(request, progress=progress)
+    for bar in bars:
+        bar.close()
     result.save(args.out)
     print(f"wrote {args.out} | {result.summary()}")
     return 0

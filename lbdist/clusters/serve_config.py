@@ -7,14 +7,14 @@ RayActorOptionsSchema, AutoscalingConfig, ...) and every other key is an error; 
 among Ray's `RuntimeEnv.known_fields`.
 
 lbdist's part, for applications built by lbdist's Serve app (APP_IMPORT_PATH): `args` holds only the
-keys of APP_ARGS with their types; deployments are named from DEPLOYMENT_NAMES; the generator takes one
+keys and values of the app's own settings model (lbdist.serve.settings.ServeSettings); deployments are named from DEPLOYMENT_NAMES; the generator takes one
 request at a time and whole GPUs; the ingress holds no GPU. The app's names live here, in one place.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import typing
-from dataclasses import dataclass
 from typing import Any
 
 from .shapes import (GPU_RULE, ListOf, MapOf, Problem, Problems, check_shape, child_list, child_map, join, keys,
@@ -26,25 +26,6 @@ APP_IMPORT_PATH = "lbdist.serve.app:build_app"
 INGRESS_DEPLOYMENT = "VideoIngress"
 GENERATOR_DEPLOYMENT = "GeneratorDeployment"
 DEPLOYMENT_NAMES = (INGRESS_DEPLOYMENT, GENERATOR_DEPLOYMENT)
-
-
-@dataclass(frozen=True)
-class AppArg:
-    """One key of the app's `args`: its type, whether it must be given, and what is allowed."""
-
-    kind: type
-    required: bool
-    allowed: str
-
-
-APP_ARGS = {
-    "model": AppArg(str, True, "a Hub id, a local diffusers folder or toy:<family>"),
-    "sp_degree": AppArg(int, False, "a whole number >= 1 of GPUs that hold one sequence-parallel copy"),
-    "schedule": AppArg(str, False, "a bridge schedule string: 'N', 'periodic:N[:w=W][:z=Z]' or 'steps:0,5,...'"),
-    "adapters": AppArg(dict, False, "a mapping adapter-set id -> URI of the adapter set"),
-    "storage": AppArg(str, False, "a URI (s3://, gs://, file path) where jobs and videos are kept"),
-    "max_queued_jobs": AppArg(int, False, "a whole number >= 1 of accepted jobs waiting for a replica"),
-}
 
 
 # --- keys derived from Ray's own models ------------------------------------------------------------------
@@ -122,39 +103,31 @@ def schema_problems(config: dict) -> list[Problem]:
 # --- lbdist's app ---------------------------------------------------------------------------------------
 
 def check_args(args: Any, path: str, out: Problems) -> int:
-    """The app's args; returns sp_degree (1 when absent or invalid)."""
+    """The app's args, checked by the app's own settings model (`lbdist.serve.settings.ServeSettings`: unknown keys
+    and bad values are errors naming the key); returns sp_degree (1 when absent or invalid)."""
+    from pydantic import ValidationError
+
+    from ..serve.settings import ServeSettings, _message
+
     if not isinstance(args, dict):
-        out.add(path, f"expected a mapping with keys {', '.join(APP_ARGS)}")
+        out.add(path, f"expected a mapping with keys {', '.join(ServeSettings.model_fields)}")
         return 1
-    out.extend(check_shape(args, keys(*APP_ARGS, required=tuple(k for k, a in APP_ARGS.items()
-                                                                  if a.required)), path))
-    for key, spec in APP_ARGS.items():
-        if key not in args:
-            continue
-        value, where = args[key], join(path, key)
-        good = isinstance(value, spec.kind) and not isinstance(value, bool)
-        if spec.kind is int and good and value < 1:
-            good = False
-        if spec.kind is str and good and not value.strip():
-            good = False
-        if key == "adapters" and good:
-            good = all(isinstance(k, str) and isinstance(v, str) and v for k, v in value.items())
-        if key == "schedule" and good:
-            good = _schedule_ok(value)
-        if not good:
-            out.add(where, f"{value!r} is not allowed: {spec.allowed}")
-    degree = args.get("sp_degree", 1)
-    return degree if isinstance(degree, int) and not isinstance(degree, bool) and degree >= 1 else 1
-
-
-def _schedule_ok(text: str) -> bool:
-    from lbdist.bridge.schedule import Schedule
-
     try:
-        Schedule.parse(text, 1000)  # the step count comes with each request; the form is checked here
-    except ValueError:
-        return False
-    return True
+        settings = ServeSettings(**args)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = path
+            for part in error["loc"]:
+                where = join(where, part)
+            value = args.get(error["loc"][0]) if error["loc"] else args
+            hint = ""
+            if error["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(error["loc"][-1]), list(ServeSettings.model_fields), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+            out.add(where, f"{value!r} is not allowed: {_message(error)}{hint}")
+        degree = args.get("sp_degree", 1)
+        return degree if isinstance(degree, int) and not isinstance(degree, bool) and degree >= 1 else 1
+    return settings.sp_degree
 
 
 def check_deployment(dep: dict, path: str, sp_degree: int, out: Problems) -> None:

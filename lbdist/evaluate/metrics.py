@@ -1,7 +1,7 @@
 """Fidelity metrics against full compute: PSNR and SSIM of decoded frames, relative L2 of final latents,
 and the piecewise-linear interpolation that compares methods at equal speedup.
 
-Frames are float arrays `(F, H, W, 3)` (or `(H, W, 3)`) in [0, 1], as `run_generation` returns them; PSNR
+Frames are float arrays `(F, H, W, 3)` (or `(H, W, 3)`) in [0, 1], as `GenerationResult.frames` holds them; PSNR
 and SSIM use a data range of 1. SSIM is the standard one (Wang et al. 2004): an 11x11 Gaussian window with
 sigma 1.5, K1 = 0.01, K2 = 0.03, valid positions only, computed per channel and frame and averaged.
 """

@@ -13,10 +13,14 @@
 | `pab`             | interval  | self-attention modules, broadcast from the last computed output             |
 | `fewer_steps`     | steps     | whole denoising steps (the scheduler spreads fewer steps over the same path)|
 
-The diffusers caches are applied with `transformer.enable_cache(config)` and the module identifiers below,
-chosen per family so that they match real modules (diffusers 0.42's TaylorSeer defaults, `^blocks.*attn`
-under `re.fullmatch`, match no Wan module and would skip nothing). `apply` returns a record of what was
-configured, including how many modules got a hook, for the benchmark reports.
+The diffusers caches are applied with `transformer.enable_cache(config)` and each family's module identifiers
+(`ModelSpec.taylorseer_modules`, `ModelSpec.attention_modules`), chosen so that they match real modules
+(diffusers 0.42's TaylorSeer defaults, `^blocks.*attn` under `re.fullmatch`, match no Wan module and would skip
+nothing). `apply` attaches a method to a pipeline (or to anything with a `.transformer`) and returns a record of
+what was configured, including how many modules got a hook, for the benchmark reports. `request` gives the
+`GenerationRequest` fields the method needs (the bridge's schedule and adapter set, a step count), so a
+generation through `lbdist.generation.Engine` configures the same thing: the engine reconfigures the bridge
+from every request.
 
 Where a cache cannot apply faithfully, `Method.not_applicable(setup)` says why instead of faking it:
 PyramidAttentionBroadcast and FasterCache keep one state per attention module, not per `cache_context`,
@@ -30,32 +34,27 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..bridge import AdapterSet, Schedule, disable_bridge, enable_bridge, get_bridge
+from ..bridge import AdapterSet, BridgeConfig, Schedule, apply_bridge, get_bridge
+from ..models import families, get_spec_by_family
 
-# Module identifiers (regular expressions) per family.
-# TaylorSeer (`re.fullmatch`): the attention and feed-forward modules of every block; in single-stream blocks
-# the MLP input (`proj_mlp`) and the fused output projection (`proj_out`) too, so nothing heavy is left.
-TAYLORSEER_MODULES = {
-    "wan": (r"blocks\.\d+\.(attn1|attn2|ffn)",),
-    "hunyuan_video": (r"transformer_blocks\.\d+\.(attn|ff|ff_context)",
-                      r"single_transformer_blocks\.\d+\.(attn|proj_mlp|proj_out)"),
-    "flux": (r"transformer_blocks\.\d+\.(attn|ff|ff_context)",
-             r"single_transformer_blocks\.\d+\.(attn|proj_mlp|proj_out)"),
-}
-# PyramidAttentionBroadcast / FasterCache (`re.search`, self-attention only): the blocks' attention modules,
-# not the text token refiner's (HunyuanVideo `context_embedder.token_refiner...attn`).
-ATTENTION_MODULES = {
-    "wan": (r"^blocks\.\d+\.attn1$",),
-    "hunyuan_video": (r"^(transformer_blocks|single_transformer_blocks)\.\d+\.attn$",),
-    "flux": (r"^(transformer_blocks|single_transformer_blocks)\.\d+\.attn$",),
-}
 _OURS = ("lbdist_",)
+
+
+def taylorseer_modules(family: str) -> tuple[str, ...]:
+    """TaylorSeer's `re.fullmatch` identifiers for `family`: every block's attention and feed-forward modules."""
+    return tuple(get_spec_by_family(family).taylorseer_modules)
+
+
+def attention_modules(family: str) -> tuple[str, ...]:
+    """PAB / FasterCache `re.search` identifiers for `family`: the blocks' self-attention modules."""
+    return tuple(get_spec_by_family(family).attention_modules)
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,8 @@ class MethodSetup:
     steps: denoising steps T of full compute (the reference every method is compared with).
     branches: `cache_context` names the pipeline calls at every step: ("cond", "uncond") when it runs
         classifier-free guidance as separate calls (Wan), ("cond",) for guidance-distilled models.
-    adapters: interval N -> the LearniBridge adapter set calibrated for `Schedule.periodic(steps, N)`;
+    adapters: interval N -> the LearniBridge adapter set calibrated for `Schedule.periodic(steps, N)`: a reference
+        (directory or URI; needed for generations through the engine) or an `AdapterSet` (direct calls only);
         None: LearniBridge (calibrated) is not applicable.
     mag_ratios: MagCache's per-step magnitude ratios for this model and step count, from its calibration
         mode on the calibration prompts (`calibrate_mag_ratios`); None: MagCache is not applicable.
@@ -130,13 +130,13 @@ class MethodSetup:
     family: str
     steps: int
     branches: tuple[str, ...] = ("cond",)
-    adapters: Callable[[int], AdapterSet] | None = None
+    adapters: Callable[[int], AdapterSet | str] | None = None
     mag_ratios: tuple[float, ...] | None = None
     settings: PeerSettings = field(default_factory=PeerSettings)
 
     def __post_init__(self):
-        if self.family not in TAYLORSEER_MODULES:
-            raise ValueError(f"family must be one of {tuple(TAYLORSEER_MODULES)}, got {self.family!r}")
+        if self.family not in families():
+            raise ValueError(f"family must be one of {families()}, got {self.family!r}")
         if type(self.steps) is not int or self.steps < 2:
             raise ValueError(f"steps must be an integer >= 2, got {self.steps!r}")
 
@@ -156,6 +156,7 @@ class Method:
     remove_fn: Callable[[Any], None]
     applicable_fn: Callable[[MethodSetup], str | None] = lambda setup: None
     steps_fn: Callable[[float, MethodSetup], int] | None = None
+    request_fn: Callable[[float, MethodSetup], dict] | None = None
 
     def not_applicable(self, setup: MethodSetup) -> str | None:
         """None if the method applies to this setup, else the reason it does not."""
@@ -165,7 +166,15 @@ class Method:
         """Denoising steps the pipeline runs under this method and knob."""
         return self.steps_fn(knob, setup) if self.steps_fn is not None else setup.steps
 
+    def request(self, knob: float, setup: MethodSetup) -> dict:
+        """`GenerationRequest` fields of a generation under this method and knob (empty for hook-only caches)."""
+        fields = self.request_fn(knob, setup) if self.request_fn is not None else {}
+        if self.steps_fn is not None:
+            fields["num_inference_steps"] = self.steps(knob, setup)
+        return fields
+
     def apply(self, pipe, knob: float, setup: MethodSetup) -> dict:
+        """Attach the method to `pipe` (anything with a `.transformer`); returns a JSON-able record of it."""
         reason = self.not_applicable(setup)
         if reason is not None:
             raise ValueError(f"{self.name} does not apply to {setup.family}: {reason}")
@@ -200,8 +209,10 @@ def _apply_bridge(calibrated: bool):
     def apply(pipe, knob, setup: MethodSetup) -> dict:
         n = _interval(knob)
         schedule = Schedule.periodic(setup.steps, n)
-        adapters = setup.adapters(n) if calibrated else None
-        enable_bridge(pipe, schedule, adapters=adapters)
+        ref = setup.adapters(n) if calibrated else None
+        adapters = AdapterSet.load(ref) if isinstance(ref, (str, os.PathLike)) else ref
+        key = None if ref is None or isinstance(ref, AdapterSet) else os.fspath(ref)
+        apply_bridge(pipe, config=BridgeConfig(schedule, adapters=adapters, adapter_id=key, branches=setup.branches))
         record = {"schedule": schedule.description, "full_steps": len(schedule.full_steps),
                   "bridged_steps": len(schedule.bridged_steps)}
         if adapters is not None:
@@ -212,14 +223,31 @@ def _apply_bridge(calibrated: bool):
     return apply
 
 
+def _bridge_request(calibrated: bool):
+    def request(knob, setup: MethodSetup) -> dict:
+        n = _interval(knob)
+        fields = {"schedule": f"periodic:{n}"}
+        if calibrated:
+            ref = setup.adapters(n)
+            if not isinstance(ref, (str, os.PathLike)):
+                raise ValueError("a GenerationRequest names its adapter set by reference: MethodSetup.adapters must "
+                                 "return a directory or URI for generations through the engine, got "
+                                 f"{type(ref).__name__}")
+            fields["adapters"] = os.fspath(ref)
+        return fields
+
+    return request
+
+
 def _remove_bridge(pipe) -> None:
+    """Back to full compute; the hooks stay installed (an `Engine` over the pipeline keeps using them)."""
     if get_bridge(pipe) is not None:
-        disable_bridge(pipe)
+        apply_bridge(pipe, config=None)
 
 
 # --- diffusers caches ----------------------------------------------------------------------------------
 def _remove_cache(pipe) -> None:
-    if getattr(pipe.transformer, "_cache_config", None) is not None:
+    if pipe.transformer.is_cache_enabled:
         pipe.transformer.disable_cache()
 
 
@@ -231,11 +259,11 @@ def _apply_taylorseer(lite: bool):
         config = TaylorSeerCacheConfig(
             cache_interval=_positive_int(knob, "cache_interval"), disable_cache_before_step=s.taylor_warmup_steps,
             max_order=s.taylor_order, taylor_factors_dtype=getattr(torch, s.taylor_factors_dtype),
-            cache_identifiers=None if lite else list(TAYLORSEER_MODULES[setup.family]), use_lite_mode=lite)
+            cache_identifiers=None if lite else list(taylorseer_modules(setup.family)), use_lite_mode=lite)
         pipe.transformer.enable_cache(config)
         return {"cache_interval": config.cache_interval, "disable_cache_before_step": s.taylor_warmup_steps,
                 "max_order": s.taylor_order, "factors_dtype": s.taylor_factors_dtype,
-                "cache_identifiers": ["^proj_out$ (lite)"] if lite else list(TAYLORSEER_MODULES[setup.family]),
+                "cache_identifiers": ["^proj_out$ (lite)"] if lite else list(taylorseer_modules(setup.family)),
                 "skip_identifiers": ["^[^.]*block[^.]*\\.[^.]+$ (lite)"] if lite else []}
 
     return apply
@@ -293,7 +321,7 @@ def _apply_pab(pipe, knob, setup: MethodSetup) -> dict:
     from diffusers import PyramidAttentionBroadcastConfig
 
     rng = tuple(setup.settings.pab_timestep_range)
-    ids = ATTENTION_MODULES[setup.family]
+    ids = attention_modules(setup.family)
     pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
         spatial_attention_block_skip_range=_positive_int(knob, "block_skip_range"),
         spatial_attention_timestep_skip_range=rng, spatial_attention_block_identifiers=ids,
@@ -307,7 +335,7 @@ def _apply_faster(pipe, knob, setup: MethodSetup) -> dict:
 
     s = setup.settings
     rng = tuple(s.faster_timestep_range)
-    ids = ATTENTION_MODULES[setup.family]
+    ids = attention_modules(setup.family)
     pipe.transformer.enable_cache(FasterCacheConfig(
         spatial_attention_block_skip_range=_positive_int(knob, "block_skip_range"),
         spatial_attention_timestep_skip_range=rng, spatial_attention_block_identifiers=ids,
@@ -334,9 +362,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("learnibridge", "LearniBridge", "interval", (3, 4, 6, 8, 12, 17, 25, 50), (2, 4),
            "final block on the cached input with a calibrated per-step LoRA; full step every N",
            _apply_bridge(True), _remove_bridge,
-           lambda s: None if s.adapters is not None else "no calibrated adapter sets were given"),
+           lambda s: None if s.adapters is not None else "no calibrated adapter sets were given",
+           request_fn=_bridge_request(True)),
     Method("bridge_uncal", "bridge (uncalibrated)", "interval", (3, 4, 6, 8, 12, 17, 25, 50), (2, 4),
-           "final block on the cached input, no adapters; full step every N", _apply_bridge(False), _remove_bridge),
+           "final block on the cached input, no adapters; full step every N", _apply_bridge(False), _remove_bridge,
+           request_fn=_bridge_request(False)),
     Method("taylorseer", "TaylorSeerCache", "interval", (2, 3, 4, 6, 8, 12, 16), (2, 4),
            "attention+FFN modules Taylor-predicted (order 1) between refreshes every N steps",
            _apply_taylorseer(False), _remove_cache),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..bridge import BridgeConfig, CacheLimits, apply_bridge, reset_bridge
+from ..parallel.cfg import prepare_call
 from .loading import LoadedPipeline, model_info
 from .request import GenerationCancelled, GenerationRequest, GenerationResult, ModelInfo
 
@@ -79,16 +80,23 @@ class Engine:
         adapters: adapter-set names -> references (directory, URI, Hub id); a request's `adapters` is looked up
             here first, and used as a reference itself otherwise.
         cache_limits: how many adapter sets (or bytes) stay resident on the final block.
+        compile: a `CompileConfig` to compile the transformer's blocks (before the bridge hooks; see
+            `lbdist.generation.compile`), or None (eager).
     """
 
     def __init__(self, loaded, *, adapters: Mapping[str, str] | None = None,
-                 cache_limits: CacheLimits | None = None):
+                 cache_limits: CacheLimits | None = None, compile=None):
         if not isinstance(loaded, LoadedPipeline):
             loaded = LoadedPipeline(loaded, model_info(loaded).family, "", {})
         self.loaded = loaded
         self.pipe = loaded.pipe
         self.info: ModelInfo = model_info(self.pipe, loaded.call_defaults, loaded.source)
         self.adapters = dict(adapters or {})
+        self.cache_limits = cache_limits
+        if compile is not None:
+            from .compile import compile_blocks
+
+            compile_blocks(self.pipe.transformer, config=compile)
         self.runtime = apply_bridge(self.pipe, config=None, cache_limits=cache_limits)
         if hasattr(self.pipe, "set_progress_bar_config"):
             self.pipe.set_progress_bar_config(disable=True)
@@ -97,12 +105,50 @@ class Engine:
     def adapter_cache(self):
         return self.runtime.adapter_cache
 
+    # --- adapter sets kept resident without generating (Serve's @serve.multiplexed loads and unloads them) -----
+    def preload_adapters(self, name: str, ref: str | None = None) -> bool:
+        """Make adapter set `name` resident (checked against this model and its own schedule) without generating;
+        `ref` (directory) registers or replaces the reference of `name`. True if it was injected now, False if it
+        was already resident. Requests naming `name` then switch to it without loading anything."""
+        from ..bridge.adapter_set import AdapterSet
+
+        if ref is not None:
+            self.adapters[name] = ref
+        cache = self.adapter_cache
+        if name in cache:
+            cache.get(name, None)  # most recently used
+            return False
+        adapters = AdapterSet.load(self.adapters.get(name, name))
+        adapters.check_fits(self.pipe.transformer, self.info.family, adapters.schedule)
+        cache.get(name, lambda: adapters)
+        return True
+
+    def evict_adapters(self, name: str) -> bool:
+        """Remove adapter set `name` from the final block (True if it was resident)."""
+        resident = self.adapter_cache.sets.pop(name, None)
+        if resident is None:
+            return False
+        resident.remove()
+        return True
+
+    def transformer_facts(self) -> dict:
+        """What adapter sets are matched with: the transformer's class names (with bases) and config digest."""
+        from ..bridge.adapter_set import config_digest
+
+        transformer = self.pipe.transformer
+        return {"transformer_classes": [c.__name__ for c in type(transformer).__mro__ if c.__name__ != "object"],
+                "config_digest": config_digest(transformer), "adapter_injections": self.adapter_cache.injections}
+
     def bridge_config(self, request: GenerationRequest) -> BridgeConfig | None:
         schedule = request.bridge_schedule()
         if schedule is None:
             return None
         ref = None if request.adapters is None else self.adapters.get(request.adapters, request.adapters)
-        return BridgeConfig(schedule, adapters=ref, adapter_id=request.adapters, allow_uncovered=request.allow_uncovered)
+        branches = self.info.branches
+        if len(branches) > 1 and not (request.guidance_scale or 0) > 1.0:
+            branches = branches[:1]  # two-branch pipelines run only the conditional branch without guidance
+        return BridgeConfig(schedule, adapters=ref, adapter_id=request.adapters, allow_uncovered=request.allow_uncovered,
+                            branches=branches)
 
     def run(self, request: GenerationRequest, *, progress: Progress | None = None, cancel: Cancel | None = None,
             keep_latents: bool = False) -> GenerationResult:
@@ -110,7 +156,8 @@ class Engine:
         if not isinstance(request, GenerationRequest):
             raise ValueError(f"request must be a GenerationRequest, got {type(request).__name__}")
         request = request.resolve(self.info)
-        apply_bridge(self.pipe, config=self.bridge_config(request))
+        # the runtime apply_bridge returns: a fresh one if something removed the hooks since (pair recording does)
+        self.runtime = apply_bridge(self.pipe, config=self.bridge_config(request), cache_limits=self.cache_limits)
         total, final = request.num_inference_steps, {}
 
         def on_step_end(pipe, i, t, tensors):
@@ -123,6 +170,7 @@ class Engine:
             return {}
 
         kwargs = request.call_kwargs(self.info)
+        prepare_call(self.pipe, {**kwargs, "prompt": request.prompt})  # CFG-parallel (if on): both branches?
         kwargs.update(callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"])
         frames, timings = self._call(request, kwargs)
         runtime = self.runtime

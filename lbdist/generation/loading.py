@@ -11,7 +11,6 @@ width, num_frames, num_inference_steps, guidance_scale, ...). Otherwise the pipe
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,9 +131,10 @@ def _from_pretrained(ref, torch_dtype: torch.dtype):
         path = Path(ref.value)
         if not (path / "model_index.json").is_file():
             raise ValueError(f"model {ref.text!r}: {path} is not a diffusers pipeline folder (no model_index.json)")
-        pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
-        defaults = json.loads((path / DEFAULTS_FILE).read_text()) if (path / DEFAULTS_FILE).is_file() else {}
-        return pipe, defaults
+        from .preflight import read_defaults
+
+        defaults = read_defaults(path)  # a broken defaults file is refused before the weights load
+        return DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype), defaults
     ensure_available(ref)
     with hub_errors(ref):
         pipe = DiffusionPipeline.from_pretrained(ref.value, torch_dtype=torch_dtype)

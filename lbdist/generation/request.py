@@ -10,13 +10,12 @@ the same bad input with the same one-line message.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
 
-from ..bridge.schedule import Schedule
+from ..bridge.schedule import FORMS, Schedule, check_text
 
 VIDEO_FORMATS = ("mp4", "gif")
 IMAGE_FORMATS = ("png",)
@@ -27,7 +26,8 @@ MAX_SIDE = 8192
 MAX_FRAMES = 1025
 MAX_GUIDANCE = 50.0
 MAX_SEED = 2**63 - 1
-_SCHEDULE_RE = re.compile(r"\d+|periodic:\d+(?::[wz]=\d+)*|steps:\d+(?:,\d+)*")
+MAX_FPS = 120
+MAX_HEADS = 1 << 16
 
 
 class GenerationCancelled(RuntimeError):
@@ -45,7 +45,24 @@ def _int(name: str, value, low: int, high: int, allow_none: bool = True) -> None
     if value is None and allow_none:
         return
     if type(value) is not int or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r:.80}")
+
+
+def _text(name: str, value, required: bool) -> None:
+    """A prompt-like string: a str (non-blank if required) of at most MAX_PROMPT_CHARS, encodable as UTF-8."""
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or (required and not value.strip()):
+        what = "a non-empty string" if required else f"a string or None"
+        raise ValueError(f"{name} must be {what}, got {value!r:.80}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{name} has {len(value)} characters ({value[:40]!r}...); at most {MAX_PROMPT_CHARS} "
+                         "are allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates (undecodable bytes on a command line) break tokenizers
+        raise ValueError(f"{name} {value!r:.80} is not valid Unicode text ({err.reason} at character "
+                         f"{err.start}); give UTF-8 text") from None
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,22 @@ class ModelInfo:
     branches: tuple[str, ...] = ("cond",)
     heads: int = 1
     source: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.family, str) or not self.family:
+            raise ValueError(f"ModelInfo.family must be a non-empty string, got {self.family!r:.80}")
+        if not isinstance(self.is_video, bool):
+            raise ValueError(f"ModelInfo.is_video must be True or False, got {self.is_video!r:.80}")
+        _int("ModelInfo.pixel_multiple", self.pixel_multiple, 1, MAX_SIDE, allow_none=False)
+        low, high = (1, MAX_FRAMES - 1) if self.is_video else (0, 0)
+        _int(f"ModelInfo.frame_rule ({'video' if self.is_video else 'images: 0'})", self.frame_rule, low, high,
+             allow_none=False)
+        _int("ModelInfo.heads", self.heads, 1, MAX_HEADS, allow_none=False)
+        if not isinstance(self.defaults, Mapping):
+            raise ValueError(f"ModelInfo.defaults must be a mapping of call arguments, got {self.defaults!r:.80}")
+        if (not isinstance(self.branches, tuple) or not self.branches
+                or not all(isinstance(b, str) and b for b in self.branches)):
+            raise ValueError(f"ModelInfo.branches must be a non-empty tuple of names, got {self.branches!r:.80}")
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -110,71 +143,87 @@ class GenerationRequest:
     fps: int = 16
 
     def __post_init__(self):
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise ValueError(f"prompt must be a non-empty string, got {self.prompt!r}")
-        if len(self.prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt has {len(self.prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
-        if self.negative_prompt is not None and (not isinstance(self.negative_prompt, str)
-                                                 or len(self.negative_prompt) > MAX_PROMPT_CHARS):
-            raise ValueError(f"negative_prompt must be a string of at most {MAX_PROMPT_CHARS} characters or None")
+        _text("prompt", self.prompt, required=True)
+        _text("negative_prompt", self.negative_prompt, required=False)
         _int("height", self.height, 1, MAX_SIDE)
         _int("width", self.width, 1, MAX_SIDE)
         _int("num_frames", self.num_frames, 1, MAX_FRAMES)
         _int("num_inference_steps", self.num_inference_steps, 1, MAX_STEPS)
         _int("seed", self.seed, 0, MAX_SEED, allow_none=False)
-        _int("fps", self.fps, 1, 120, allow_none=False)
+        _int("fps", self.fps, 1, MAX_FPS, allow_none=False)
         g = self.guidance_scale
         if g is not None:
             if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
-                raise ValueError(f"guidance_scale must be a number in 0..{MAX_GUIDANCE:g}, got {g!r}")
+                raise ValueError(f"guidance_scale must be a number in 0..{MAX_GUIDANCE:g}, got {g!r:.80}")
             object.__setattr__(self, "guidance_scale", float(g))
+        self._check_bridge()
+        if self.output_format is not None and (not isinstance(self.output_format, str)
+                                               or self.output_format not in OUTPUT_FORMATS):
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r:.80}")
+
+    def _check_bridge(self) -> None:
         if self.schedule is not None:
-            if not isinstance(self.schedule, str) or not _SCHEDULE_RE.fullmatch(self.schedule.strip()):
-                raise ValueError(f"schedule {self.schedule!r} is not a schedule: use 'N', 'periodic:N[:w=W][:z=Z]' "
-                                 "or 'steps:0,5,10' (or None for full compute)")
-            object.__setattr__(self, "schedule", self.schedule.strip())
+            try:
+                object.__setattr__(self, "schedule", check_text(self.schedule))
+            except ValueError:
+                if not isinstance(self.schedule, str):
+                    raise
+                raise ValueError(f"schedule {self.schedule!r:.120} is not a schedule: use {FORMS} with ASCII digits "
+                                 "(or None for full compute)") from None
         if self.adapters is not None:
             if not isinstance(self.adapters, str) or not self.adapters.strip():
-                raise ValueError(f"adapters must be a non-empty adapter-set id or None, got {self.adapters!r}")
+                raise ValueError(f"adapters must be a non-empty adapter-set id or None, got {self.adapters!r:.80}")
             if self.schedule is None:
-                raise ValueError("adapters were given without a schedule: pass the schedule they were calibrated for")
+                raise ValueError(f"adapters were given without a schedule (adapters={self.adapters!r:.80}): pass "
+                                 "the schedule they were calibrated for")
         if not isinstance(self.allow_uncovered, bool):
-            raise ValueError(f"allow_uncovered must be true or false, got {self.allow_uncovered!r}")
-        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
-            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
+            raise ValueError(f"allow_uncovered must be true or false, got {self.allow_uncovered!r:.80}")
 
     # --- against a model -------------------------------------------------------------------------------------
     def resolve(self, info: ModelInfo) -> "GenerationRequest":
-        """This request with the model's defaults filled in, checked against the model (ValueError otherwise)."""
-        d = info.defaults
-        steps = self.num_inference_steps or int(d.get("num_inference_steps", 50))
-        height, width = self.height or d.get("height"), self.width or d.get("width")
-        if height is None or width is None:
+        """This request with the model's defaults filled in, checked against the model (ValueError otherwise).
+
+        The model's defaults pass the same checks as the request's own fields (a folder's lbdist_defaults.json
+        is user input too), then the model's rules: sizes, frames, output format, the schedule against the steps.
+        """
+        if not isinstance(info, ModelInfo):
+            raise ValueError(f"resolve needs a ModelInfo (Generator.info, load_pipeline(...).info), got "
+                             f"{type(info).__name__}")
+        d = {k: v for k, v in info.defaults.items() if v is not None}  # a default of None is no default
+        filled = {name: getattr(self, name) if getattr(self, name) is not None else d.get(name)
+                  for name in ("height", "width", "guidance_scale")}
+        filled["num_inference_steps"] = self.num_inference_steps or d.get("num_inference_steps", 50)
+        if filled["height"] is None or filled["width"] is None:
             raise ValueError(f"{info.family}: give height and width (the model has no default size)")
-        for name, value in (("height", height), ("width", width)):
-            if value % info.pixel_multiple:
-                raise ValueError(f"{name}={value} is not a multiple of {info.pixel_multiple} ({info.family}: VAE factor x "
-                                 f"patch); use {value // info.pixel_multiple * info.pixel_multiple or info.pixel_multiple} "
-                                 f"or {(value // info.pixel_multiple + 1) * info.pixel_multiple}")
-        frames = self.num_frames
         if info.is_video:
-            frames = frames or int(d.get("num_frames", 1 + info.frame_rule))
-            if (frames - 1) % info.frame_rule:
-                k = (frames - 1) // info.frame_rule
-                raise ValueError(f"num_frames={frames}: {info.family} needs {info.frame_rule}k+1 frames "
-                                 f"(e.g. {info.frame_rule * k + 1} or {info.frame_rule * (k + 1) + 1})")
-        elif frames not in (None, 1):
-            raise ValueError(f"num_frames={frames}: {info.family} makes images; leave num_frames unset (or 1)")
+            filled["num_frames"] = self.num_frames or d.get("num_frames", 1 + info.frame_rule)
+        elif self.num_frames not in (None, 1):
+            raise ValueError(f"num_frames={self.num_frames}: {info.family} makes images; leave num_frames unset (or 1)")
+        else:
+            filled["num_frames"] = None
         fmt = self.output_format or info.formats[0]
         if fmt not in info.formats:
-            raise ValueError(f"output_format {fmt!r} does not fit {info.family} ({'video' if info.is_video else 'image'}); "
-                             f"use one of {info.formats}")
-        guidance = self.guidance_scale if self.guidance_scale is not None else d.get("guidance_scale")
-        resolved = replace(self, height=int(height), width=int(width), num_frames=frames if info.is_video else None,
-                           num_inference_steps=steps, output_format=fmt,
-                           guidance_scale=None if guidance is None else float(guidance))
+            kind = "video" if info.is_video else "image"
+            raise ValueError(f"output_format {fmt!r} does not fit {info.family} ({kind}); use one of {info.formats}")
+        try:
+            resolved = replace(self, output_format=fmt, **filled)
+        except ValueError as err:  # only a default can be bad here: the request's own fields were checked
+            raise ValueError(f"a default of the {info.family} model {info.source!r}: {err}") from None
+        resolved._check_model(info)
         resolved.bridge_schedule()  # raises for a schedule that does not fit the step count
         return resolved
+
+    def _check_model(self, info: ModelInfo) -> None:
+        m = info.pixel_multiple
+        for name, value in (("height", self.height), ("width", self.width)):
+            if value % m:
+                raise ValueError(f"{name}={value} is not a multiple of {m} ({info.family}: VAE factor x patch); "
+                                 f"use {value // m * m or m} or {(value // m + 1) * m}")
+        t, frames = info.frame_rule, self.num_frames
+        if info.is_video and (frames - 1) % t:
+            k = (frames - 1) // t
+            raise ValueError(f"num_frames={frames}: {info.family} needs {t}k+1 frames (e.g. {t * k + 1} or "
+                             f"{t * (k + 1) + 1})")
 
     def bridge_schedule(self) -> Schedule | None:
         """The parsed schedule (None for full compute); needs `num_inference_steps` (resolve first)."""
@@ -206,9 +255,16 @@ class GenerationRequest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GenerationRequest":
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        """A request from JSON data (a mapping of field names to values); ValueError for anything else."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a request must be a mapping (JSON object) of fields, got {type(data).__name__} "
+                             f"{data!r:.80}")
+        allowed = sorted(f.name for f in fields(cls))
+        unknown = [k for k in data if not isinstance(k, str) or k not in allowed]
         if unknown:
-            raise ValueError(f"unknown request fields {unknown}; allowed: {sorted(f.name for f in fields(cls))}")
+            raise ValueError(f"unknown request fields {sorted(map(repr, unknown))}; allowed: {allowed}")
+        if "prompt" not in data:
+            raise ValueError(f"a request needs a 'prompt' field; got only {sorted(data)}")
         return cls(**data)
 
 

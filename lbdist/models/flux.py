@@ -16,6 +16,10 @@ from .spec import ModelSpec, RealSize, Recipe, ToyGlue
 _REAL = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
              num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
              axes_dims_rope=(16, 56, 56))
+_REAL_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                 up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                 latent_channels=16, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
+                 scaling_factor=0.3611, shift_factor=0.1159)
 
 
 def build_pipeline(config: dict, words=(), seed: int = 0, vae_config: dict | None = None,
@@ -110,11 +114,13 @@ SPEC = ModelSpec(
                         r"single_transformer_blocks\.\d+\.(attn|proj_mlp|proj_out)"),
     attention_modules=(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.attn$",),
     real_sizes={
-        "flux-dev": RealSize(_REAL, 1024, 1024, 1, 512, 3.5),
+        "flux-dev": RealSize(_REAL, 1024, 1024, 1, 512, 3.5, factors=(8, 1), vae=_REAL_VAE),
         "tiny-flux": RealSize(dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2,
                                    attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                    pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 4, 8)),
-                              32, 32, 1, 8, 3.5),
+                              32, 32, 1, 8, 3.5, factors=(8, 1),
+                              vae=dict(_REAL_VAE, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                       latent_channels=4, norm_num_groups=4)),
     },
-    toy=ToyGlue(_compression, _set_latent_stats, _normalise, _encode_text, _predict),
+    toy=ToyGlue(_compression, _set_latent_stats, _normalise, _encode_text, _predict, train_sdpa=("flash", "math")),
 )

@@ -19,6 +19,8 @@ _REAL = dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_
              num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
              qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768,
              rope_theta=256.0, rope_axes_dim=(16, 56, 56))
+_REAL_VAE = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
+                 spatial_compression_ratio=8, temporal_compression_ratio=4)
 _TINY_BENCH = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10, num_layers=2,
                    num_single_layers=2, num_refiner_layers=1, patch_size=1, patch_size_t=1, guidance_embeds=True,
                    text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 4, 4))
@@ -112,10 +114,12 @@ SPEC = ModelSpec(
                         r"single_transformer_blocks\.\d+\.(attn|proj_mlp|proj_out)"),
     attention_modules=(r"^(transformer_blocks|single_transformer_blocks)\.\d+\.attn$",),
     real_sizes={
-        "hunyuan-video": RealSize(_REAL, 480, 832, 65, 256, 6.0),
-        "hunyuan-video-544p": RealSize(_REAL, 544, 960, 49, 256, 6.0),
-        "hunyuan-video-720p": RealSize(_REAL, 720, 1280, 129, 256, 6.0),
-        "tiny-hunyuan-video": RealSize(_TINY_BENCH, 32, 32, 5, 8, 6.0),
+        "hunyuan-video": RealSize(_REAL, 480, 832, 65, 256, 6.0, vae=_REAL_VAE, vae_tiling=True),
+        "hunyuan-video-544p": RealSize(_REAL, 544, 960, 49, 256, 6.0, vae=_REAL_VAE, vae_tiling=True),
+        "hunyuan-video-720p": RealSize(_REAL, 720, 1280, 129, 256, 6.0, vae=_REAL_VAE, vae_tiling=True),
+        "tiny-hunyuan-video": RealSize(_TINY_BENCH, 32, 32, 5, 8, 6.0, vae_tiling=True,
+                                       vae=dict(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                                                norm_num_groups=4)),
     },
     toy=ToyGlue(_compression, _set_latent_stats, _normalise, _encode_text, _predict),
 )

@@ -43,6 +43,12 @@ class RealSize:
     height, width, frames: the output size (frames 1 for images).
     text_tokens: prompt length the benchmark feeds (the pipeline's `max_sequence_length`).
     guidance: guidance scale the pipeline uses (true CFG for families with two branches).
+    factors: (spatial, temporal) compression of the VAE at this size (the pipeline's `vae_scale_factor`s;
+        temporal 1 for images): the benchmarks' token counts use it without building the VAE.
+    vae: keyword arguments of the family's VAE class for whole-pipeline benchmarks (the released VAE's config,
+        random weights; a small one with the same factors for CPU stand-ins); None: the family builder's small VAE.
+    vae_tiling: decode in tiles (`vae.enable_tiling()`), as the family's own examples do where an untiled decode
+        would not fit on one GPU.
     """
 
     config: Mapping[str, Any]
@@ -51,6 +57,9 @@ class RealSize:
     frames: int = 1
     text_tokens: int = 512
     guidance: float = 5.0
+    factors: tuple[int, int] = (8, 4)
+    vae: Mapping[str, Any] | None = None
+    vae_tiling: bool = False
 
     def label(self) -> str:
         return f"{self.height}x{self.width}" + (f"x{self.frames}" if self.frames > 1 else "")
@@ -65,6 +74,9 @@ class ToyGlue:
     normalise(pipe, raw) -> latents in the space the transformer samples in.
     encode_text(pipe, prompts, max_sequence_length, prompt_template) -> dict of batch-first tensors.
     predict(pipe, noisy, sigma, cond, guidance) -> velocity for unpacked latents at noise levels `sigma`.
+    train_sdpa: torch SDPA backends (`"flash"`, `"math"`, ...) training steps on CUDA are restricted to; empty:
+        torch's choice. FLUX sets ("flash", "math"): its first bf16 backward crashed on H100/H200 with the default
+        choice (cuDNN attention suspected; unverified on a GPU since).
     """
 
     compression: Callable
@@ -72,6 +84,7 @@ class ToyGlue:
     normalise: Callable
     encode_text: Callable
     predict: Callable
+    train_sdpa: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ _REAL_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_d
                   out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                   qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
 _REAL_14B = dict(_REAL_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+_REAL_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                 temperal_downsample=[False, True, True])
 
 
 def build_pipeline(config: dict, words=(), seed: int = 0, vae_config: dict | None = None,
@@ -105,13 +107,14 @@ SPEC = ModelSpec(
     taylorseer_modules=(r"blocks\.\d+\.(attn1|attn2|ffn)",),
     attention_modules=(r"^blocks\.\d+\.attn1$",),
     real_sizes={
-        "wan-1.3b": RealSize(_REAL_1_3B, 480, 832, 81, 512, 5.0),
-        "wan-14b": RealSize(_REAL_14B, 480, 832, 81, 512, 5.0),
-        "wan-14b-720p": RealSize(_REAL_14B, 720, 1280, 81, 512, 5.0),
+        "wan-1.3b": RealSize(_REAL_1_3B, 480, 832, 81, 512, 5.0, vae=_REAL_VAE),
+        "wan-14b": RealSize(_REAL_14B, 480, 832, 81, 512, 5.0, vae=_REAL_VAE),
+        "wan-14b-720p": RealSize(_REAL_14B, 720, 1280, 81, 512, 5.0, vae=_REAL_VAE),
         "tiny-wan": RealSize(dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=16,
                                   out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=3,
                                   cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32),
-                             32, 32, 5, 8, 5.0),
+                             32, 32, 5, 8, 5.0,
+                             vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)),
     },
     toy=ToyGlue(_compression, _set_latent_stats, _normalise, _encode_text, _predict),
 )

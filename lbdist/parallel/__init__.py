@@ -28,6 +28,9 @@ cancellation; this module is the layer underneath.
   A dead actor fails the call with `WorkerDiedError` naming its rank; `group.restart()` rebuilds the group.
 - CPU (tests): `WorkerGroupConfig(num_workers=2, gpus_per_worker=0)` runs gloo ranks; xfuser's CPU compatibility
   patches live in `lbdist.parallel.xdit` (the one module that imports xfuser).
+- `cfg_degree=2` splits the group into two halves that each run one guidance branch (`cfg.py`, one all-gather
+  a step); `layout.py` holds the rule `Generator` uses to pick cfg x Ulysses x ring; `vae.py` splits the VAE
+  decode over every rank (on by default, `parallel_vae=False` to turn off).
 
 Nothing here starts Ray or imports xfuser at import time.
 """

@@ -36,6 +36,11 @@ def _is_int(value) -> bool:
     return type(value) is int
 
 
+def _positive(value) -> bool:
+    """A real number > 0 (not a bool, a string or NaN, which `> 0` would raise on or mislead)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 @dataclass(frozen=True)
 class WorkerGroupConfig:
     """Shape and resources of one sequence-parallel worker group (one Ray actor per GPU).
@@ -43,9 +48,13 @@ class WorkerGroupConfig:
     Attributes:
         num_workers: ranks in the group (GPUs). Every rank holds the whole pipeline; each computes 1/num_workers
             of the tokens.
-        ulysses_degree: Ulysses (all-to-all over heads) degree; default `num_workers // ring_degree`. Ulysses is
+        ulysses_degree: Ulysses (all-to-all over heads) degree; default `num_workers // (cfg * ring)`. Ulysses is
             the faster of the two inside one node but needs the head count divisible by it.
-        ring_degree: ring-attention degree (default 1). `ulysses_degree * ring_degree` must equal `num_workers`.
+        ring_degree: ring-attention degree (default 1).
+        cfg_degree: 1, or 2 for CFG-parallel: each half of the ranks runs one guidance branch
+            (`lbdist.parallel.cfg`); `cfg_degree * ulysses_degree * ring_degree` must equal `num_workers`.
+        parallel_vae: decode with the VAE split over every rank (`lbdist.parallel.vae`, equal to one rank's
+            decode within float tolerance) instead of every rank decoding the whole video.
         backend: "nccl" (GPUs), "gloo" (CPU) or "auto": nccl when the workers get GPUs, gloo otherwise.
         gpus_per_worker: GPUs reserved per actor: None = 1 if the Ray cluster has GPUs, else 0 (CPU workers).
         cpus_per_worker: CPUs reserved per actor (also its torch thread count on CPU).
@@ -63,6 +72,8 @@ class WorkerGroupConfig:
     num_workers: int
     ulysses_degree: int | None = None
     ring_degree: int = 1
+    cfg_degree: int = 1
+    parallel_vae: bool = True
     backend: str = "auto"
     gpus_per_worker: int | None = None
     cpus_per_worker: float = 1.0
@@ -77,19 +88,25 @@ class WorkerGroupConfig:
             raise ValueError(f"num_workers must be an integer >= 1, got {self.num_workers!r}")
         if not _is_int(self.ring_degree) or self.ring_degree < 1:
             raise ValueError(f"ring_degree must be an integer >= 1, got {self.ring_degree!r}")
-        ulysses = self.ulysses_degree
+        if not _is_int(self.cfg_degree) or self.cfg_degree not in (1, 2):
+            raise ValueError(f"cfg_degree must be 1 or 2 (two guidance branches at most), got {self.cfg_degree!r}")
+        ulysses, split = self.ulysses_degree, self.ring_degree * self.cfg_degree
         if ulysses is None:
-            if self.num_workers % self.ring_degree:
-                raise ValueError(f"num_workers({self.num_workers}) is not divisible by ring({self.ring_degree}); "
-                                 "pick ring_degree among the divisors of num_workers")
-            ulysses = self.num_workers // self.ring_degree
+            if self.num_workers % split:
+                what = f"ring({self.ring_degree})" if self.cfg_degree == 1 else \
+                    f"cfg({self.cfg_degree}) * ring({self.ring_degree}) = {split}"
+                raise ValueError(f"num_workers({self.num_workers}) is not divisible by {what}; pick degrees among the "
+                                 "divisors of num_workers")
+            ulysses = self.num_workers // split
             object.__setattr__(self, "ulysses_degree", ulysses)
         if not _is_int(ulysses) or ulysses < 1:
             raise ValueError(f"ulysses_degree must be an integer >= 1, got {ulysses!r}")
-        if ulysses * self.ring_degree != self.num_workers:
-            raise ValueError(f"ulysses({ulysses}) * ring({self.ring_degree}) = {ulysses * self.ring_degree} "
-                             f"!= world_size({self.num_workers}): the sequence-parallel degrees must multiply to "
-                             "the number of workers")
+        if ulysses * split != self.num_workers:
+            raise ValueError(f"cfg({self.cfg_degree}) * ulysses({ulysses}) * ring({self.ring_degree}) = "
+                             f"{ulysses * split} != world_size({self.num_workers}): the degrees must multiply to the "
+                             "number of workers")
+        if not isinstance(self.parallel_vae, bool):
+            raise ValueError(f"parallel_vae must be true or false, got {self.parallel_vae!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.gpus_per_worker is not None and (not _is_int(self.gpus_per_worker) or self.gpus_per_worker not in (0, 1)):
@@ -97,14 +114,18 @@ class WorkerGroupConfig:
                              "one rank drives one GPU")
         if self.gpus_per_worker == 0 and self.backend == "nccl":
             raise ValueError("backend 'nccl' needs GPUs but gpus_per_worker=0; use backend='gloo' for CPU workers")
-        if not self.cpus_per_worker > 0:
+        if not _positive(self.cpus_per_worker):
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker!r}")
         if self.placement_strategy not in STRATEGIES:
             raise ValueError(f"placement_strategy must be one of {STRATEGIES}, got {self.placement_strategy!r}")
-        if not self.start_timeout_s > 0:
+        if not _positive(self.start_timeout_s):
             raise ValueError(f"start_timeout_s must be > 0, got {self.start_timeout_s!r}")
-        if self.call_timeout_s is not None and not self.call_timeout_s > 0:
+        if self.call_timeout_s is not None and not _positive(self.call_timeout_s):
             raise ValueError(f"call_timeout_s must be > 0 or None, got {self.call_timeout_s!r}")
+        if not isinstance(self.env_vars, Mapping):
+            raise ValueError(f"env_vars must be a mapping of variable names to values, got {self.env_vars!r:.80}")
+        if not isinstance(self.verify_weights, bool):
+            raise ValueError(f"verify_weights must be True or False, got {self.verify_weights!r:.80}")
         object.__setattr__(self, "env_vars", dict(self.env_vars))
 
     def worker_env(self) -> dict[str, str]:

@@ -54,7 +54,7 @@ def check_tokens(family: str, tokens: int, degree: int, what: str = "") -> None:
         raise DegreeError(
             f"{family}: {tokens} tokens{' (' + what + ')' if what else ''} cannot be split evenly over "
             f"sequence-parallel degree {degree}: {tokens} % {degree} = {tokens % degree}"
-            + (f" (fewer tokens than ranks)" if tokens < degree else "")
+            + (" (fewer tokens than ranks)" if tokens < degree else "")
             + "; change height/width/num_frames so the latent token count is a multiple of the degree, or use "
               "fewer workers")
 

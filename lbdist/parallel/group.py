@@ -120,7 +120,8 @@ class WorkerGroup:
         address, port = self._gather([self.actors[0].node_address.remote()], timeout=cfg.start_timeout_s)[0]
         init_method = f"tcp://{address}:{port}"
         self.info = self._gather([a.setup.remote(rank, cfg.num_workers, init_method, backend, cfg.ulysses_degree,
-                                                 cfg.ring_degree) for rank, a in enumerate(self.actors)],
+                                                 cfg.ring_degree, cfg.cfg_degree, cfg.parallel_vae)
+                                  for rank, a in enumerate(self.actors)],
                                  timeout=cfg.start_timeout_s)
 
     def load(self, factory: PipelineFactory, engine_options: dict | None = None) -> dict:

@@ -7,6 +7,14 @@ Outside Ray (torchrun, SLURM, a notebook with one process per GPU), each process
     apply_bridge(pipe, config=...)                                                 # after SP: hooks on the wrapper
     frames = pipe(prompt=..., generator=torch.Generator().manual_seed(0)).frames  # same seed on every rank
 
+With `cfg_degree=2` the world is two halves of `ulysses * ring` ranks each; add CFG-parallel and the split VAE
+after the bridge, in this order (`compile_blocks`, if wanted, goes right after this call, before the bridge):
+
+    apply_sequence_parallel(pipe, config=SequenceParallelConfig(cfg_degree=2, ulysses_degree=2))  # 4 ranks
+    apply_bridge(pipe, config=...)
+    apply_cfg_parallel(pipe, config=CFGParallelConfig(degree=2, sp=2))   # lbdist.parallel.cfg
+    apply_parallel_vae(pipe)                                             # lbdist.parallel.vae
+
 and `remove_sequence_parallel(pipe)` puts the original transformer back and leaves the process group. Worker
 groups (`lbdist.parallel.WorkerGroup`, `Generator(sp_degree=N)`) do the same inside Ray actors.
 """
@@ -26,8 +34,9 @@ _ORIGINAL = "_lbdist_sp_original"
 class SequenceParallelConfig:
     """How one process joins a sequence-parallel group.
 
-    ulysses_degree: Ulysses (all-to-all over heads) degree; None: world_size // ring_degree.
-    ring_degree: ring-attention degree; ulysses * ring must equal the world size.
+    ulysses_degree: Ulysses (all-to-all over heads) degree; None: world_size // (cfg_degree * ring_degree).
+    ring_degree: ring-attention degree; cfg * ulysses * ring must equal the world size.
+    cfg_degree: 1, or 2 for two halves that will run one guidance branch each (`apply_cfg_parallel`).
     backend: "nccl", "gloo" or "auto" (nccl with CUDA, else gloo).
     init_method: torch.distributed rendezvous; "env://" reads RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (torchrun).
     """
@@ -36,20 +45,26 @@ class SequenceParallelConfig:
     ring_degree: int = 1
     backend: str = "auto"
     init_method: str = "env://"
+    cfg_degree: int = 1
 
     def __post_init__(self):
         if self.ulysses_degree is not None and (type(self.ulysses_degree) is not int or self.ulysses_degree < 1):
             raise ValueError(f"ulysses_degree must be an integer >= 1 or None, got {self.ulysses_degree!r}")
         if type(self.ring_degree) is not int or self.ring_degree < 1:
             raise ValueError(f"ring_degree must be an integer >= 1, got {self.ring_degree!r}")
+        if self.cfg_degree not in (1, 2) or type(self.cfg_degree) is not int:
+            raise ValueError(f"cfg_degree must be 1 or 2, got {self.cfg_degree!r}")
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"backend must be 'auto', 'nccl' or 'gloo', got {self.backend!r}")
 
     def degrees(self, world_size: int) -> tuple[int, int]:
-        ulysses = self.ulysses_degree if self.ulysses_degree is not None else world_size // self.ring_degree
-        if ulysses * self.ring_degree != world_size:
-            raise ValueError(f"ulysses({ulysses}) * ring({self.ring_degree}) = {ulysses * self.ring_degree} != "
-                             f"world_size({world_size}): the sequence-parallel degrees must multiply to the world size")
+        """(ulysses, ring) for `world_size` ranks; raises with the arithmetic if the degrees do not fit."""
+        split = self.ring_degree * self.cfg_degree
+        ulysses = self.ulysses_degree if self.ulysses_degree is not None else max(1, world_size // split)
+        if ulysses * split != world_size:
+            raise ValueError(f"cfg({self.cfg_degree}) * ulysses({ulysses}) * ring({self.ring_degree}) = "
+                             f"{ulysses * split} != world_size({world_size}): the degrees must multiply to the world "
+                             "size")
         return ulysses, self.ring_degree
 
 
@@ -75,11 +90,12 @@ def apply_sequence_parallel(pipe, *, config: SequenceParallelConfig) -> None:
     if backend == "nccl":
         torch.cuda.set_device(local)
     xdit.init_parallel(rank=rank, world_size=world, init_method=config.init_method, backend=backend,
-                       ulysses=ulysses, ring=ring, local_rank=local)
+                       ulysses=ulysses, ring=ring, local_rank=local, cfg=config.cfg_degree)
     original = pipe.transformer
-    pipe.transformer = xdit.wrap_transformer(original)
+    if ulysses * ring > 1:  # one rank per CFG half keeps diffusers' own transformer
+        pipe.transformer = xdit.wrap_transformer(original)
+        xdit.init_runtime(pipe, ulysses=ulysses, ring=ring, cfg=config.cfg_degree)
     setattr(pipe, _ORIGINAL, original)
-    xdit.init_runtime(pipe, ulysses=ulysses, ring=ring)
 
 
 def remove_sequence_parallel(pipe) -> None:

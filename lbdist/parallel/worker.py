@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import os
 import socket
-import time
 from typing import Any, Callable
 
 import torch
@@ -53,6 +52,7 @@ class SPWorker:
         self.pipe = None
         self.engine = None
         self.family: str | None = None
+        self.cfg, self.parallel_vae, self.cfg_group, self.vae_split = 1, False, None, None
 
     # --- group formation ---------------------------------------------------------------------------------
     def node_address(self) -> tuple[str, int]:
@@ -61,7 +61,8 @@ class SPWorker:
 
         return ray.util.get_node_ip_address(), _free_port()
 
-    def setup(self, rank: int, world_size: int, init_method: str, backend: str, ulysses: int, ring: int) -> dict:
+    def setup(self, rank: int, world_size: int, init_method: str, backend: str, ulysses: int, ring: int,
+              cfg: int = 1, parallel_vae: bool = True) -> dict:
         if backend == "nccl" and not torch.cuda.is_available():
             raise RuntimeError(f"rank {rank}: backend 'nccl' needs a CUDA GPU, but this worker sees none "
                                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use "
@@ -75,9 +76,14 @@ class SPWorker:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         xdit.init_parallel(rank=rank, world_size=world_size, init_method=init_method, backend=backend,
-                           ulysses=ulysses, ring=ring, local_rank=index)
+                           ulysses=ulysses, ring=ring, local_rank=index, cfg=cfg)
         self.rank, self.world_size, self.sp_degree = rank, world_size, ulysses * ring
-        self.ulysses, self.ring = ulysses, ring
+        self.ulysses, self.ring, self.cfg, self.parallel_vae = ulysses, ring, cfg, parallel_vae
+        self.cfg_group = None
+        if cfg > 1:  # collective: every rank builds every pair group
+            from .cfg import CFGParallelConfig, pair_groups
+
+            self.cfg_group = pair_groups(CFGParallelConfig(cfg, ulysses * ring))
         info = xdit.parallel_info()
         info.update(pid=os.getpid(), device=str(self.device),
                     gpu=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
@@ -114,12 +120,21 @@ class SPWorker:
         spec = get_spec(transformer)
         degree.check_heads(spec.family, transformer.config, self.ulysses)
         pipe.to(self.device)
-        pipe.transformer = xdit.wrap_transformer(pipe.transformer)
-        xdit.init_runtime(pipe, ulysses=self.ulysses, ring=self.ring)
+        if self.sp_degree > 1:  # one rank per half (CFG-parallel alone) keeps diffusers' own transformer
+            pipe.transformer = xdit.wrap_transformer(pipe.transformer)
+            xdit.init_runtime(pipe, ulysses=self.ulysses, ring=self.ring, cfg=self.cfg)
         if loaded is None:
             loaded = LoadedPipeline(pipe, spec.family, "", {})
         self.pipe, self.family = pipe, spec.family
-        self.engine = Engine(loaded, **(engine_options or {}))
+        self.engine = Engine(loaded, **(engine_options or {}))  # bridge hooks (and compiled blocks) first
+        if self.cfg > 1:
+            from .cfg import CFGParallelConfig, apply_cfg_parallel
+
+            apply_cfg_parallel(pipe, config=CFGParallelConfig(self.cfg, self.sp_degree), group=self.cfg_group)
+        if self.parallel_vae and self.world_size > 1:
+            from .vae import apply_parallel_vae
+
+            self.vae_split = apply_parallel_vae(pipe)
         return {"family": spec.family, "transformer_class": type(pipe.transformer).__name__,
                 "pipeline_class": type(pipe).__name__, "checksum": self.checksum(), "info": self.engine.info}
 
@@ -154,6 +169,10 @@ class SPWorker:
             progress = (lambda done, total: control.progress.remote(done, total)) if self.rank == 0 else None
             cancel = lambda: self._agree(control)  # noqa: E731
         result = self.engine.run(resolved, progress=progress, cancel=cancel, keep_latents=keep_latents)
+        if self.cfg > 1:
+            from .cfg import after_call
+
+            result.calls = after_call(self.pipe, result.calls)  # both branches counted, as on one device
         if self.rank != 0:
             return None
         if result.latents is not None:

@@ -156,10 +156,14 @@ def load_xfuser() -> types.ModuleType:
 
 # --- parallel state ----------------------------------------------------------------------------------------
 def init_parallel(*, rank: int, world_size: int, init_method: str, backend: str, ulysses: int, ring: int,
-                  local_rank: int = 0) -> None:
-    """Join the torch.distributed group and build xfuser's groups (Ulysses x ring = world_size, no CFG/PP split).
+                  local_rank: int = 0, cfg: int = 1) -> None:
+    """Join the torch.distributed group and build xfuser's groups (cfg x Ulysses x ring = world_size, no PP split).
 
     `local_rank` is the CUDA device index: 0 when each Ray actor sees only its own GPU (Ray's default).
+    With `cfg` 2 the sequence-parallel groups are the two halves of consecutive ranks (`0..sp-1`, `sp..2sp-1`).
+    xfuser is told the halves are data-parallel replicas, not CFG ranks: its CFG degree makes the FLUX and
+    HunyuanVideo wrappers split the batch of one call, whereas lbdist's CFG-parallel (`lbdist.parallel.cfg`)
+    keeps diffusers' one-branch-per-call pipeline; both give the same rank layout.
     """
     load_xfuser()
     from xfuser.core.distributed import parallel_state as ps
@@ -168,8 +172,8 @@ def init_parallel(*, rank: int, world_size: int, init_method: str, backend: str,
         raise RuntimeError("xfuser's parallel state is already initialized in this process; call destroy_parallel()")
     ps.init_distributed_environment(world_size=world_size, rank=rank, distributed_init_method=init_method,
                                     local_rank=local_rank, backend=backend)
-    ps.initialize_model_parallel(sequence_parallel_degree=ulysses * ring, ulysses_degree=ulysses,
-                                 ring_degree=ring, backend=backend)
+    ps.initialize_model_parallel(data_parallel_degree=cfg, sequence_parallel_degree=ulysses * ring,
+                                 ulysses_degree=ulysses, ring_degree=ring, backend=backend)
 
 
 def destroy_parallel() -> None:
@@ -190,10 +194,12 @@ def parallel_info() -> dict:
     return {"world_size": torch.distributed.get_world_size(), "rank": torch.distributed.get_rank(),
             "sp_size": ps.get_sequence_parallel_world_size(), "sp_rank": ps.get_sequence_parallel_rank(),
             "ulysses": ps.get_ulysses_parallel_world_size(), "ring": ps.get_ring_parallel_world_size(),
+            "cfg": ps.get_data_parallel_world_size(),
             "backend": torch.distributed.get_backend()}
 
 
-def init_runtime(pipe_or_transformer, *, ulysses: int, ring: int, attention_backend: str | None = None) -> None:
+def init_runtime(pipe_or_transformer, *, ulysses: int, ring: int, attention_backend: str | None = None,
+                 cfg: int = 1) -> None:
     """xfuser's DiT runtime state (attention backend, step counter) over `pipe` (or a bare transformer).
 
     xfuser builds it from an xFuser pipeline; the wrappers only need an object with `.transformer`, so a plain
@@ -206,7 +212,8 @@ def init_runtime(pipe_or_transformer, *, ulysses: int, ring: int, attention_back
     holder = pipe_or_transformer
     if isinstance(pipe_or_transformer, torch.nn.Module):
         holder = types.SimpleNamespace(transformer=pipe_or_transformer)
-    args = xFuserArgs(model="lbdist", ulysses_degree=ulysses, ring_degree=ring, attention_backend=attention_backend)
+    args = xFuserArgs(model="lbdist", ulysses_degree=ulysses, ring_degree=ring, attention_backend=attention_backend,
+                      data_parallel_degree=cfg)  # the CFG halves, as in init_parallel
     engine_config, _ = args.create_config()
     initialize_runtime_state(pipeline=holder, engine_config=engine_config)
     state = get_runtime_state()

@@ -5,7 +5,8 @@
 transformers classes at small sizes, with a word-level tokenizer (`tokenizer.py`) and random weights from a fixed
 seed. `size="tiny"` is the spec's own test size (a CPU generation takes well under a second). `size="toy"` is the
 architecture of the bundled toy models (`tools/train_toy.py`, `lbdist/toy/weights/`): at least 8 transformer
-blocks, a 4x spatial / 4x temporal VAE, 64x64 px; `VAE_CONFIGS` and `SCHEDULER_CONFIGS` hold its VAE and
+blocks, a 4x spatial / 4x temporal VAE, 64x64 px; `size="deep"` the 24-block toys of issue 14 (same VAEs,
+`lbdist/toy/depth.py` measures their final block's cost share and their size). `VAE_CONFIGS` and `SCHEDULER_CONFIGS` hold its VAE and
 scheduler, and sizes absent there keep the spec builders' small defaults. `call_defaults(family, size)` holds the
 call arguments that fit these pipelines (resolution, frames, text length).
 """
@@ -76,6 +77,27 @@ CALL_DEFAULTS["hunyuan_video"]["toy"] = dict(height=64, width=64, num_frames=9, 
                                              prompt_template={"template": "{}", "crop_start": 0})
 CALL_DEFAULTS["flux"]["toy"] = dict(height=64, width=64, num_inference_steps=50, guidance_scale=3.5,
                                     max_sequence_length=16)
+
+# "deep": the toys of issue 14, as deep as the real models relative to one block (24 blocks: the final block
+# plus the output head cost <= 1/20 of a forward, `lbdist.toy.depth`), narrow (width 64 = 2 heads x 32) so
+# the three pipelines weigh about 15 MB in bf16, HunyuanVideo and FLUX with double : single stream blocks
+# 8 : 16 (the real models: 20 : 40 and 19 : 38). VAE and scheduler as "toy"; prompts of data set v2 need 24
+# text tokens.
+TRANSFORMER_CONFIGS["wan"]["deep"] = dict(
+    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=16, out_channels=16,
+    text_dim=64, freq_dim=64, ffn_dim=256, num_layers=24, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=64)
+TRANSFORMER_CONFIGS["hunyuan_video"]["deep"] = dict(
+    in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=32, num_layers=8,
+    num_single_layers=16, num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, guidance_embeds=True,
+    text_embed_dim=64, pooled_projection_dim=32, rope_axes_dim=(8, 12, 12))
+TRANSFORMER_CONFIGS["flux"]["deep"] = dict(
+    patch_size=1, in_channels=32, num_layers=8, num_single_layers=16, attention_head_dim=32, num_attention_heads=2,
+    joint_attention_dim=64, pooled_projection_dim=32, axes_dims_rope=[8, 12, 12], guidance_embeds=True)
+for _family in FAMILIES:
+    VAE_CONFIGS[_family]["deep"] = VAE_CONFIGS[_family]["toy"]
+    SCHEDULER_CONFIGS[_family]["deep"] = SCHEDULER_CONFIGS[_family]["toy"]
+    CALL_DEFAULTS[_family]["deep"] = dict(CALL_DEFAULTS[_family]["toy"], max_sequence_length=24)
 
 
 def call_defaults(family: str, size: str = "tiny") -> dict:

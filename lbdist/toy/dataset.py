@@ -18,6 +18,12 @@ deterministically, into `train` and `heldout`; held-out combinations never appea
 pair of attribute values of a held-out combination still appears in training (so held-out prompts test
 composition, not unseen words). Calibration prompts (LearniBridge calibration) come from the training
 combinations, evaluation prompts from the held-out ones, so the two lists are disjoint.
+
+Versions: everything above is data-set version "v1", the one the bundled toy models were trained on and the
+default (`DataConfig(version="v1")`). `DataConfig(version="v2")` selects the richer scenes of `dataset_v2.py`
+(one or two objects with sizes and motions, textured backgrounds); `sample_scenes`, `render`,
+`render_batch`, `calibration_prompts`, `evaluation_prompts` and `grammar_words` dispatch on the version, and
+v1 output is unchanged.
 """
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ TEMPLATES = {
 GRAMMAR_WORDS = tuple(dict.fromkeys(
     [*COLOURS, *BACKGROUNDS, *SHAPES, *DIRECTIONS, *POSITIONS, "background", "with", "at", "the", "moving"]))
 SPLITS = ("train", "heldout")
+DATA_VERSIONS = ("v1", "v2")
 
 # Square half-side and triangle circumradius relative to the circle radius (similar visual sizes).
 SQUARE_HALF = 0.85
@@ -65,6 +72,19 @@ class DataConfig:
             visible, and the shape stays inside the frame).
         jitter: random offset in pixels of a still's position around its anchor.
         holdout: fraction of attribute combinations held out of training (default 1/8).
+        version: which data set, "v1" (default: one shape on a plain background, what the bundled toys
+            learned) or "v2" (`dataset_v2.py`: one or two objects, sizes, growing / bouncing, textures).
+            The fields below are read by v2 only; `radius` by v1 only.
+        small, large: v2 radius ranges in pixels of the two size words (defaults 6.5-7.25 and 9.5-11 px on
+            64 px: below about 6.5 px a decoder's blur makes squares look round). They must lie on either
+            side of the metric's size split, `SIZE_SPLIT` x the frame's smaller side (8.5 px on 64 px), so
+            scale them with the canvas.
+        two_objects: v2 probability that a scene holds two objects (default 0.5).
+        texture_amplitude: v2 grey-level amplitude of background textures on the 0-255 scale (default 24:
+            clearly visible, far below the distance between a background and an object colour).
+        bounce: v2 height range in pixels of a bouncing object's hop (default 12-18 px).
+        growth: v2 radius factors of a growing object at the first and last frame (default 0.75 -> 1.25,
+            so its median frame shows the named size).
     """
 
     height: int = 64
@@ -74,6 +94,13 @@ class DataConfig:
     speed: tuple[float, float] = (2.0, 3.0)
     jitter: float = 3.0
     holdout: float = 0.125
+    version: str = "v1"
+    small: tuple[float, float] = (6.5, 7.25)
+    large: tuple[float, float] = (9.5, 11.0)
+    two_objects: float = 0.5
+    texture_amplitude: float = 24.0
+    bounce: tuple[float, float] = (12.0, 18.0)
+    growth: tuple[float, float] = (0.75, 1.25)
 
     def __post_init__(self):
         for name in ("height", "width"):
@@ -82,6 +109,20 @@ class DataConfig:
                 raise ValueError(f"{name}={value}: must be a multiple of 16 in [16, 1024]")
         if not (1 <= self.num_frames <= 257 and (self.num_frames - 1) % 4 == 0):
             raise ValueError(f"num_frames={self.num_frames}: must be 4k+1 in [1, 257]")
+        if self.version not in DATA_VERSIONS:
+            raise ValueError(f"version={self.version!r}: must be one of {DATA_VERSIONS}")
+        if not (0.0 <= self.jitter <= min(self.height, self.width) / 8):
+            raise ValueError(f"jitter={self.jitter}: must be in [0, {min(self.height, self.width) / 8}]")
+        if not (0.0 < self.holdout < 0.5):
+            raise ValueError(f"holdout={self.holdout}: must be in (0, 0.5)")
+        if self.version == "v2":
+            from .dataset_v2 import check_config
+
+            check_config(self)
+        else:
+            self._check_v1()
+
+    def _check_v1(self):
         lo, hi = self.radius
         if not (2.0 <= lo <= hi <= min(self.height, self.width) / 5):
             raise ValueError(f"radius={self.radius}: need 2 <= low <= high <= {min(self.height, self.width) / 5}")
@@ -92,10 +133,6 @@ class DataConfig:
         if travel > min(self.height, self.width):
             raise ValueError(f"speed={self.speed} x {self.num_frames - 1} frames plus the shape "
                              f"({travel:.0f} px) does not fit in {self.height}x{self.width}")
-        if not (0.0 <= self.jitter <= min(self.height, self.width) / 8):
-            raise ValueError(f"jitter={self.jitter}: must be in [0, {min(self.height, self.width) / 8}]")
-        if not (0.0 < self.holdout < 0.5):
-            raise ValueError(f"holdout={self.holdout}: must be in (0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -165,8 +202,14 @@ def _split(kind: str, holdout: float, seed: int) -> tuple[tuple, tuple]:
 
 
 def split_combinations(kind: str, split: str, config: DataConfig = DataConfig(), seed: int = 0) -> list[tuple]:
-    """The combinations of `split` ("train" or "heldout"); the same for a given kind, holdout and seed."""
+    """The combinations of `split` ("train" or "heldout"); the same for a given kind, holdout and seed.
+
+    v1 only: v2 has too many combinations to list; `dataset_v2.is_heldout` decides membership instead.
+    """
     _check_kind(kind)
+    if config.version != "v1":
+        raise ValueError(f"version={config.version!r}: split_combinations lists v1 combinations only; "
+                         f"use dataset_v2.is_heldout for v2")
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: must be one of {SPLITS}")
     train, held = _split(kind, config.holdout, seed)
@@ -199,6 +242,10 @@ def sample_scenes(n: int, kind: str, split: str = "train", seed: int = 0, config
     """
     if not (isinstance(n, int) and n >= 0):
         raise ValueError(f"n={n!r}: must be an int >= 0")
+    if config.version == "v2":
+        from .dataset_v2 import sample_scenes_v2
+
+        return sample_scenes_v2(n, kind, split, seed, config, split_seed)
     combos = split_combinations(kind, split, config, split_seed)
     rng = np.random.default_rng([seed, KINDS.index(kind), SPLITS.index(split)])
     scenes = []
@@ -232,6 +279,10 @@ def shape_mask(shape: str, cx, cy, radius: float, height: int, width: int) -> np
 
 def render(scene: Scene, config: DataConfig = DataConfig()) -> np.ndarray:
     """uint8 frames `(F, H, W, 3)` of a video scene, or one image `(H, W, 3)` of an image scene."""
+    if getattr(scene, "version", "v1") == "v2":
+        from .render_v2 import render_v2
+
+        return render_v2([scene], config)[0].numpy()
     frames = config.num_frames if scene.kind == "video" else 1
     t = np.arange(frames, dtype=np.float64)
     cx = scene.start[0] + scene.velocity[0] * t
@@ -245,11 +296,19 @@ def render(scene: Scene, config: DataConfig = DataConfig()) -> np.ndarray:
 
 def render_batch(scenes: list[Scene], config: DataConfig = DataConfig()) -> np.ndarray:
     """Stacked renders: `(N, F, H, W, 3)` for videos, `(N, H, W, 3)` for images."""
+    if scenes and getattr(scenes[0], "version", "v1") == "v2":
+        from .render_v2 import render_v2
+
+        return render_v2(scenes, config).numpy()
     return np.stack([render(s, config) for s in scenes])
 
 
 def calibration_prompts(kind: str, n: int = 8, seed: int = 0, config: DataConfig = DataConfig()) -> list[str]:
     """`n` prompts of training combinations, for LearniBridge calibration (disjoint from evaluation)."""
+    if config.version == "v2":
+        from .dataset_v2 import calibration_prompts_v2
+
+        return calibration_prompts_v2(kind, n, seed, config)
     combos = split_combinations(kind, "train", config)
     if not 1 <= n <= len(combos):
         raise ValueError(f"n={n}: must be in [1, {len(combos)}]")
@@ -259,9 +318,27 @@ def calibration_prompts(kind: str, n: int = 8, seed: int = 0, config: DataConfig
 
 
 def evaluation_prompts(kind: str, n: int | None = None, config: DataConfig = DataConfig()) -> list[str]:
-    """Prompts of held-out combinations (never seen in training), templates alternating; the first `n`."""
+    """Prompts of held-out combinations (never seen in training), templates alternating; the first `n`.
+
+    v2 has no finite list: `n` defaults to 64 prompts drawn with a fixed seed (`dataset_v2`).
+    """
+    if config.version == "v2":
+        from .dataset_v2 import evaluation_prompts_v2
+
+        return evaluation_prompts_v2(kind, 64 if n is None else n, config)
     combos = split_combinations(kind, "heldout", config)
     n = len(combos) if n is None else n
     if not 1 <= n <= len(combos):
         raise ValueError(f"n={n}: must be in [1, {len(combos)}]")
     return [make_prompt(kind, *c, template=j % 2) for j, c in enumerate(combos[:n])]
+
+
+def grammar_words(version: str = "v1") -> tuple[str, ...]:
+    """Every word of the prompts of data-set `version` (the vocabulary of the toy tokenizers)."""
+    if version not in DATA_VERSIONS:
+        raise ValueError(f"version={version!r}: must be one of {DATA_VERSIONS}")
+    if version == "v2":
+        from .dataset_v2 import GRAMMAR_WORDS_V2
+
+        return GRAMMAR_WORDS_V2
+    return GRAMMAR_WORDS

@@ -50,12 +50,12 @@ def evaluate(pipe, prompts: list[str], defaults: dict, seeds=(0,), batch_size: i
             samples.append(sample)
             captions.append(f"{result.score:.2f} {prompt}")
             rows.append({"prompt": prompt, "seed": seed, "score": result.score, "found": result.found,
-                         "matches": result.matches})
+                         "matches": result.matches, "attributes": result.attribute_scores})
     scores = [r["score"] for r in rows]
-    per_attribute: dict[str, list[bool]] = {}
+    per_attribute: dict[str, list[float]] = {}  # v2: per-object results (colour.1, colour.2) count as one
     for r in rows:
-        for key, ok in r["matches"].items():
-            per_attribute.setdefault(key, []).append(ok)
+        for key, value in r["attributes"].items():
+            per_attribute.setdefault(key, []).append(value)
     return {"adherence": float(np.mean(scores)), "n": len(rows),
             "per_attribute": {k: float(np.mean(v)) for k, v in per_attribute.items()},
             "rows": rows, "samples": samples, "captions": captions}

@@ -23,6 +23,10 @@ averages it over samples. What is checked, exactly:
 
 Ground-truth renders score 1.0 for every combination (tests/test_metric.py); a wrong colour, shape,
 direction, position or background costs 0.25 each; an empty frame keeps only the background.
+
+That is data-set v1. Prompts of v2 (`dataset_v2.py`: sizes, two objects, textures) are recognised by their
+size words and scored by `metric_v2.py` with the same `Adherence` result; `Adherence.attribute_scores` groups
+per-object results by attribute for both.
 """
 from __future__ import annotations
 
@@ -52,6 +56,14 @@ class Adherence:
     @property
     def matches(self) -> dict:
         return {k: self.found.get(k) == v for k, v in self.expected.items()}
+
+    @property
+    def attribute_scores(self) -> dict:
+        """Fraction matched per attribute name: v2 keys `colour.1`, `colour.2` count as one `colour`."""
+        groups: dict[str, list[bool]] = {}
+        for key, ok in self.matches.items():
+            groups.setdefault(key.split(".")[0], []).append(ok)
+        return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
 def parse_prompt(prompt: str) -> dict:
@@ -182,7 +194,14 @@ def analyse(frames) -> dict:
 
 
 def adherence(frames, prompt: str) -> Adherence:
-    """Fraction of the prompt's four attributes that the frames show (see the module docstring)."""
+    """Fraction of the prompt's four attributes that the frames show (see the module docstring).
+
+    Prompts of data-set v2 (they name object sizes) are scored by `metric_v2.adherence_v2`.
+    """
+    from .metric_v2 import adherence_v2, is_v2_prompt
+
+    if is_v2_prompt(prompt):
+        return adherence_v2(frames, prompt)
     want = parse_prompt(prompt)
     found = analyse(frames)
     keys = ("background", "colour", "shape", "direction" if want["kind"] == "video" else "position")

@@ -40,6 +40,7 @@ import torch
 
 from ..io import atomic_write
 from . import flow
+from ..models import get_spec_by_family
 from .build import CALL_DEFAULTS, FAMILIES, build_pipeline
 from .dataset import GRAMMAR_WORDS, TEMPLATES, DataConfig, calibration_prompts, evaluation_prompts, make_prompt
 from .dataset import render, sample_scenes, split_combinations
@@ -145,7 +146,9 @@ class TrainConfig:
 
     @property
     def kind(self) -> str:
-        return "image" if self.family == "flux" else "video"
+        from ..models import get_spec_by_family
+
+        return "video" if get_spec_by_family(self.family).is_video else "image"
 
 
 def call_defaults(cfg: TrainConfig) -> dict:
@@ -324,7 +327,7 @@ def _train_transformer(run: _Run, pipe, latents, prompt_idx, cond, empty_idx, re
             break
         idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
         pidx = prompt_idx[idx]
-        if cfg.family == "wan" and cfg.prompt_dropout > 0:
+        if len(get_spec_by_family(cfg.family).branches) > 1 and cfg.prompt_dropout > 0:
             drop = torch.rand(cfg.batch, generator=gen) < cfg.prompt_dropout
             pidx = torch.where(drop, torch.full_like(pidx, empty_idx), pidx)
         for group in opt.param_groups:
