@@ -79,7 +79,9 @@ def check_runtime_env(env: dict, path: str) -> list[Problem]:
 
 def schema_problems(config: dict) -> list[Problem]:
     """ServeDeploySchema's own verdict, one problem per pydantic error."""
-    from ray.serve.schema import ServeDeploySchema
+    from ..serve.app import deploy_schema
+
+    ServeDeploySchema = deploy_schema()
 
     try:
         ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") \
@@ -161,7 +163,9 @@ def check_deployment(dep: dict, path: str, sp_degree: int, out: Problems) -> Non
 def check_serve(config: dict, expected_ray: str = "") -> list[Problem]:
     """Every problem of one Serve config (a parsed YAML mapping with `applications`).
     `expected_ray` is unused: a Serve config pins no Ray release (kept for the common signature)."""
-    from ray.serve.schema import ServeDeploySchema
+    from ..serve.app import deploy_schema
+
+    ServeDeploySchema = deploy_schema()
 
     out = Problems()
     out.extend(check_shape(config, model_shape(ServeDeploySchema), ""))

@@ -206,6 +206,14 @@ def build_app(args: dict | None = None):
     return VideoIngress.options(**options[INGRESS]).bind(generator, data)
 
 
+def deploy_schema():
+    """Ray Serve's `ServeDeploySchema` (the schema of a `serve deploy` config); lbdist/clusters checks configs with
+    it without importing ray.serve itself (this module is the one that does)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    return ServeDeploySchema
+
+
 def run_config(path: str, *, address: str | None = None, num_cpus: int | None = None, block: bool = True,
                timeout_s: float = 900.0, metrics_port: int | None = None, dashboard: bool = False) -> list[str]:
     """Deploy a Serve config file as `serve run CONFIG` does (local Ray unless `address`), wait until every
