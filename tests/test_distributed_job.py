@@ -141,7 +141,8 @@ def single_process(run_root: Path, epochs: int):
     manifest = json.loads((run_root / "pairs" / "manifest.json").read_text())
     pipe = load_pipeline("tiny:wan", "cpu", "float32").pipe
     pipe.set_progress_bar_config(disable=True)
-    train = TrainConfig(rank=4, alpha=8.0, lr=1e-3, max_epochs=epochs, eval_every=5, patience=2, refit=False)
+    train = TrainConfig(recipe="paper", rank=4, alpha=8.0, lr=1e-3, max_epochs=epochs, eval_every=5, patience=2,
+                        refit=False)
     record = RecordConfig(tuple(manifest["prompts"]), tuple(manifest["seeds"]), manifest["call_kwargs"])
     return calibrate(pipe, Schedule.from_dict(manifest["schedule"]), record, run_root.parent / "single", train,
                      progress=False)

@@ -31,7 +31,7 @@ pytest.importorskip("deepspeed")
 # torch installs on this machine from invalidating ours (each rebuild takes ~40 s or more).
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/lbdist-tests/torch_extensions"))
 
-CONFIG = TrainConfig(rank=4, alpha=8.0, lr=1e-3, max_epochs=15, eval_every=5, patience=1, min_delta=0.2,
+CONFIG = TrainConfig(recipe="paper", rank=4, alpha=8.0, lr=1e-3, max_epochs=15, eval_every=5, patience=1, min_delta=0.2,
                      refit=False).resolved("wan")
 PROMPTS = ("a red circle moving left", "a blue square moving up")
 CALL = dict(height=32, width=32, num_frames=5, guidance_scale=4.0, max_sequence_length=12)

@@ -17,6 +17,7 @@ from diffusers.hooks import HookRegistry
 from ..models import get_spec
 from .adapter_set import AdapterSet
 from .config import BridgeConfig
+from .inputs import resolve as resolve_input
 from .hooks import FINAL_HOOK, STEP_HOOK, BridgeRuntime, FinalBlockHook, StepHook
 from .resident import AdapterCache, CacheLimits
 from .schedule import Schedule
@@ -81,6 +82,7 @@ def apply_bridge(pipe_or_transformer, *, config: BridgeConfig | None, cache_limi
     if config is None:
         runtime.configure(None, None)
         return runtime
+    bridge_input = resolve_input(None, config.bridge_input)  # the uncalibrated bridge's; a set's own below
     resident = None
     if config.adapters is not None:
         key = config.key
@@ -93,7 +95,8 @@ def apply_bridge(pipe_or_transformer, *, config: BridgeConfig | None, cache_limi
             resident = runtime.adapter_cache.get(key, lambda: adapters)
         if resident.adapters.schedule != config.schedule:
             resident.adapters.check_fits(transformer, runtime.spec.family, config.schedule)
-    runtime.configure(config.schedule, resident)
+        bridge_input = resolve_input(resident.adapters, config.bridge_input)  # the set's own (its manifest)
+    runtime.configure(config.schedule, resident, bridge_input)
     return runtime
 
 

@@ -26,6 +26,10 @@ class BridgeConfig:
             identity for an `AdapterSet`). Two requests with the same id reuse the injected adapters.
         allow_uncovered: accept an adapter set that covers only some bridged steps (the others run
             uncalibrated, and the generation summary says which); default False refuses such a set.
+        bridge_input: how a bridged step's final-block input is formed (`lbdist.bridge.inputs`): "cached" (the
+            paper: the anchor's stream) or "extrapolate" (first order from the last two full steps, one more
+            cached stream per branch); None: the adapter set's (its manifest records what it was calibrated
+            for), "cached" without one. A set refuses an input it was not calibrated for.
         branches: the guidance branches the run uses (coverage is checked for these); None: the family's
             (`ModelSpec.branches`, e.g. `cond` and `uncond` for Wan with guidance on).
     """
@@ -35,6 +39,7 @@ class BridgeConfig:
     adapter_id: str | None = None
     allow_uncovered: bool = False
     branches: tuple[str, ...] | None = None
+    bridge_input: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.schedule, Schedule):
@@ -48,6 +53,10 @@ class BridgeConfig:
                              "uncalibrated bridge")
         if self.adapter_id is not None and (not isinstance(self.adapter_id, str) or not self.adapter_id):
             raise ValueError(f"BridgeConfig.adapter_id must be a non-empty string or None, got {self.adapter_id!r}")
+        if self.bridge_input is not None:
+            from .inputs import check_mode
+
+            check_mode(self.bridge_input)
         if not isinstance(self.allow_uncovered, bool):
             raise ValueError(f"BridgeConfig.allow_uncovered must be True or False, got {self.allow_uncovered!r}")
 

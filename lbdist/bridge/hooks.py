@@ -24,6 +24,7 @@ import torch
 from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 
 from ..models.spec import BlockArgs, ModelSpec
+from . import inputs
 from .schedule import Schedule, StepPlan
 
 STEP_HOOK = "lbdist_bridge_step"
@@ -36,10 +37,11 @@ class BranchState(BaseState):
     def __init__(self):
         self.cache: dict[str, torch.Tensor] | None = None
         self.anchor: int | None = None
+        self.previous: tuple[int, dict] | None = None  # (full step before the anchor, its stream): inputs.py
         self.calls = 0
 
     def reset(self):
-        self.cache, self.anchor, self.calls = None, None, 0
+        self.cache, self.anchor, self.previous, self.calls = None, None, None, 0
 
 
 @dataclass
@@ -65,13 +67,15 @@ class BridgeRuntime:
         self.steps_of = steps_of  # callable -> the pipeline's step count, for pipelines whose context lacks it
         self.states = StateManager(BranchState)
         self.current: Current | None = None
+        self.inputs = "cached"  # how a bridged step's input is formed (bridge/inputs.py)
         self.stats = {"full": 0, "bridged": 0, "calibrated": 0}
         self.trace: list[tuple[int, str, str]] = []  # (step, branch, "full" | "bridged" | "calibrated"); callers clear it
 
-    def configure(self, schedule: Schedule | None, adapters=None) -> None:
+    def configure(self, schedule: Schedule | None, adapters=None, bridge_input: str = "cached") -> None:
         if self.adapters is not None:
             self.adapters.deactivate()
         self.schedule, self.adapters = schedule, adapters
+        self.inputs = inputs.check_mode(bridge_input)
         self.states.reset()
         self.current = None
         self.stats = {"full": 0, "bridged": 0, "calibrated": 0}
@@ -172,11 +176,13 @@ class FinalBlockHook(ModelHook):
         if current is None:
             return self.fn_ref.original_forward(*args, **kwargs)
         stream = self.runtime.spec.stream_names
-        if current.plan.full:
-            current.state.cache = {n: self.args.get(n, args, kwargs).detach().clone() for n in stream}
-            current.state.anchor = current.plan.step
+        state, plan = current.state, current.plan
+        if plan.full:
+            inputs.store(state, {n: self.args.get(n, args, kwargs).detach().clone() for n in stream}, plan.step,
+                         keep_previous=self.runtime.inputs != "cached")
             return self.fn_ref.original_forward(*args, **kwargs)
-        args, kwargs = self.args.replace(current.state.cache, args, kwargs)
+        bridged = inputs.form_stream(self.runtime.inputs, plan.step, plan.anchor, state.cache, state.previous)
+        args, kwargs = self.args.replace(bridged, args, kwargs)
         adapters = self.runtime.adapters
         if adapters is None:
             return self.fn_ref.original_forward(*args, **kwargs)

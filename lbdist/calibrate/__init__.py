@@ -5,17 +5,19 @@
     enable_bridge(pipe, Schedule.periodic(50, 5), adapters=adapters)
 
 `record_pairs` and `train_adapters` are the two halves (a recording can be reused for other trainings);
-`train_bridge` trains one bridge and is what a distributed job fans out.
+`train_bridge` trains one bridge and is what a distributed job fans out; `train_joint` fits a step's guidance
+branches together (the guided objective). `TrainConfig(recipe="lbdist")` (default) or `recipe="paper"`: README
+"Calibration recipe".
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .config import RecordConfig, TrainConfig
+from .config import RECIPES, RecordConfig, TrainConfig
 from .recorder import pairs_differences, record_pairs
 from .resume import SettingsChanged
-from .trainer import check_resumable, load_pairs, train_adapters, train_bridge
+from .trainer import check_resumable, load_pairs, train_adapters, train_bridge, train_joint
 
 
 def calibrate(pipe, schedule, record: RecordConfig, out_dir: str | os.PathLike, train: TrainConfig = TrainConfig(),
@@ -36,5 +38,5 @@ def calibrate(pipe, schedule, record: RecordConfig, out_dir: str | os.PathLike, 
     return train_adapters(pipe.transformer, pairs_dir, out_dir, train, progress=progress, restart=restart)
 
 
-__all__ = ["RecordConfig", "SettingsChanged", "TrainConfig", "calibrate", "check_resumable", "load_pairs",
-           "pairs_differences", "record_pairs", "train_adapters", "train_bridge"]
+__all__ = ["RECIPES", "RecordConfig", "SettingsChanged", "TrainConfig", "calibrate", "check_resumable", "load_pairs",
+           "pairs_differences", "record_pairs", "train_adapters", "train_bridge", "train_joint"]

@@ -6,20 +6,36 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 
 MAX_SEED = 2**63 - 1
+SEED_STRIDE = 7919  # seed of a prompt's j-th sample: its seed + j * SEED_STRIDE
+VALIDATION_SEED = 1_000_000  # default seed of validation prompt i: VALIDATION_SEED + i
+
+RECIPES = ("lbdist", "paper")
+OBJECTIVES = ("hidden", "output", "guided")
+BRIDGE_INPUTS = ("cached", "extrapolate")
+# what each recipe trains: (objective, bridge input); README "Calibration recipe" has the evidence
+RECIPE_SETTINGS = {"lbdist": ("guided", "extrapolate"), "paper": ("hidden", "cached")}
 
 @dataclass(frozen=True)
 class RecordConfig:
     """The pre-calibration pass: full-compute sampling of the calibration prompts.
 
     prompts: 3-5 calibration prompts (never the prompts you evaluate on).
-    seeds: one seed per prompt (default 0, 1, 2, ...).
+    seeds: one (base) seed per prompt (default 0, 1, 2, ...).
     call_kwargs: pipeline call arguments (height, width, num_frames, guidance_scale, ...); the step count
         comes from the schedule.
+    seeds_per_prompt: samples per calibration prompt; sample j of prompt i uses seed `seeds[i] + j * 7919`
+        (default 1: on the toys 4 seeds per prompt cost 40x the training time for the same validation error).
+    validation_prompts: prompts recorded as a separate validation split (same distribution as the
+        calibration prompts, never the evaluation prompts); the lbdist recipe early-stops on their error.
+    validation_seeds: one seed per validation prompt (default 1_000_000 + i, disjoint from `seeds`).
     """
 
     prompts: tuple[str, ...]
     seeds: tuple[int, ...] = ()
     call_kwargs: dict = field(default_factory=dict)
+    seeds_per_prompt: int = 1
+    validation_prompts: tuple[str, ...] = ()
+    validation_seeds: tuple[int, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.prompts, (str, bytes)) or not isinstance(self.prompts, Iterable):
@@ -41,8 +57,32 @@ class RecordConfig:
             raise ValueError(f"seeds must be integers in 0..{MAX_SEED}, got {bad[0]!r:.80}")
         if not isinstance(self.call_kwargs, Mapping):
             raise ValueError(f"call_kwargs must be a mapping of pipeline call arguments, got {self.call_kwargs!r:.80}")
+        if type(self.seeds_per_prompt) is not int or self.seeds_per_prompt < 1:
+            raise ValueError(f"seeds_per_prompt must be an integer >= 1, got {self.seeds_per_prompt!r:.80}")
+        if isinstance(self.validation_prompts, (str, bytes)) or not isinstance(self.validation_prompts, Iterable):
+            raise ValueError(f"validation_prompts must be a sequence of prompt strings, got "
+                             f"{self.validation_prompts!r:.80}")
+        validation = tuple(self.validation_prompts)
+        if any(not isinstance(p, str) or not p.strip() for p in validation):
+            raise ValueError(f"validation prompts must be non-empty strings, got {list(validation)!r:.200}")
+        validation = tuple(p.strip() for p in validation)
+        vseeds = tuple(self.validation_seeds) or tuple(VALIDATION_SEED + i for i in range(len(validation)))
+        if len(vseeds) != len(validation):
+            raise ValueError(f"{len(vseeds)} validation seeds for {len(validation)} validation prompts: give one "
+                             "seed per validation prompt")
+        bad = [s for s in vseeds if isinstance(s, bool) or not isinstance(s, Integral) or not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"validation seeds must be integers in 0..{MAX_SEED}, got {bad[0]!r:.80}")
         object.__setattr__(self, "prompts", prompts)
         object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
+        object.__setattr__(self, "validation_prompts", validation)
+        object.__setattr__(self, "validation_seeds", tuple(int(s) for s in vseeds))
+
+    def samples(self) -> list[tuple[str, int, str]]:
+        """Every recorded sample as (prompt, seed, split): calibration prompts x seeds, then validation."""
+        train = [(p, s + j * SEED_STRIDE, "train") for p, s in zip(self.prompts, self.seeds)
+                 for j in range(self.seeds_per_prompt)]
+        return train + [(p, s, "validation") for p, s in zip(self.validation_prompts, self.validation_seeds)]
 
 
 def _number(value) -> bool:
@@ -54,6 +94,18 @@ def _number(value) -> bool:
 class TrainConfig:
     """Training of one LoRA per bridge on the final block.
 
+    recipe: "lbdist" (default) or "paper". "paper" is the reference: the final block's hidden-state MSE on
+        the anchor's cached input, early stopping on the training loss (or `holdout_prompts`). "lbdist"
+        trains through the model's output head on the guided output `u + g (c - u)` (cond and uncond
+        adapters of a step fitted jointly; the plain output for one-branch families) from a first-order
+        extrapolated input, and early-stops on the recording's validation samples (RecordConfig.
+        validation_prompts) when it has them. Chosen by validation error on the toys (README "Calibration
+        recipe"). Distributed calibration (`lbdist.distributed`) runs the paper recipe only.
+    objective: None (the recipe's), "hidden" (hidden-state MSE, the paper), "output" (MSE of the model output
+        through the head, per branch) or "guided" (MSE of the guided output, branches of a step jointly).
+    bridge_input: None (the recipe's), "cached" (the anchor's stream, the paper) or "extrapolate" (first order
+        from the last two full steps, `lbdist.bridge.inputs`). The adapter set records it and the runtime
+        uses the same input.
     rank, alpha: LoRA shape (reference r=32, alpha=64).
     lr: AdamW learning rate; None takes the family default (its model spec's `recipe`).
     max_epochs: epochs cap (one epoch = one optimiser step over all training pairs of the bridge);
@@ -73,6 +125,9 @@ class TrainConfig:
     max_seconds: wall-time cap per bridge (None: no cap); training stops at the next evaluation after it.
     """
 
+    recipe: str = "lbdist"
+    objective: str | None = None
+    bridge_input: str | None = None
     rank: int = 32
     alpha: float = 64.0
     lr: float | None = None
@@ -91,6 +146,11 @@ class TrainConfig:
     def __post_init__(self):
         num = _number
         checks = [
+            (self.recipe in RECIPES, f"recipe must be one of {RECIPES}, got {self.recipe!r:.80}"),
+            (self.objective is None or self.objective in OBJECTIVES,
+             f"objective must be one of {OBJECTIVES} or None (the recipe's), got {self.objective!r:.80}"),
+            (self.bridge_input is None or self.bridge_input in BRIDGE_INPUTS,
+             f"bridge_input must be one of {BRIDGE_INPUTS} or None (the recipe's), got {self.bridge_input!r:.80}"),
             (type(self.rank) is int and self.rank >= 1, f"rank must be an integer >= 1, got {self.rank!r:.80}"),
             (num(self.alpha) and 0 < self.alpha < float("inf"),
              f"alpha must be > 0, got {self.alpha!r:.80} (a finite number)"),
@@ -122,11 +182,15 @@ class TrainConfig:
                 raise ValueError(message)
 
     def resolved(self, family: str) -> "TrainConfig":
-        """This config with family defaults filled in for lr and max_epochs."""
+        """This config with family defaults filled in for lr and max_epochs, and the recipe's objective and
+        bridge input."""
         from dataclasses import replace
 
         from ..models import get_spec_by_family
 
         recipe = get_spec_by_family(family).recipe
+        objective, bridge_input = RECIPE_SETTINGS[self.recipe]
         return replace(self, lr=self.lr if self.lr is not None else recipe.lr,
-                       max_epochs=self.max_epochs if self.max_epochs is not None else recipe.max_epochs)
+                       max_epochs=self.max_epochs if self.max_epochs is not None else recipe.max_epochs,
+                       objective=self.objective or objective, bridge_input=self.bridge_input or bridge_input)
+

@@ -4,10 +4,13 @@ For every calibration prompt the pipeline samples with full compute. A forward h
 sees each call with its step and guidance branch (read through the bridge runtime, enabled with every
 step full, which is bit-identical to the plain pipeline). At an anchor step `a` of the calibration
 schedule it stores the block's stream input `x_a^L`; at a bridged step `b` it stores the step's
-conditioning (every other block argument) and the block's hidden-state output `F^L(x_b^L)`, and writes
-the pair (stream of a, conditioning of b, target of b) to the index. Tensors go to disk as they are
-produced, so memory stays bounded by one step's tensors; the index is appended once per finished prompt,
-and a rerun skips prompts already recorded.
+conditioning (every other block argument), the output head's conditioning (`head.py`) and the block's
+hidden-state output `F^L(x_b^L)`, and writes the pair (stream of a, a reference to the stream of the full
+step before a for extrapolated inputs, conditioning of b, target of b) to the index. Tensors go to disk as
+they are produced, so memory stays bounded by one step's tensors; the index is appended once per finished
+sample, and a rerun skips samples already recorded. A sample is a calibration prompt x seed or a validation
+prompt (`RecordConfig.samples`); each index line names its sample (`prompt`, an index into the manifest's
+`samples`) and its `split` ("train" or "validation").
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from .. import __version__
 from ..bridge import BridgeConfig, Schedule, apply_bridge, config_digest, get_bridge, remove_bridge
 from ..models import BlockArgs, get_spec
 from .config import RecordConfig
+from .head import capture_head_inputs, head_conditioning
 from .resume import RECORDING_KEYS, clear_pairs, refusal, settings_differences
 from .store import TensorStore, append_index, read_index, read_manifest, write_manifest
 
@@ -44,6 +48,10 @@ def pairs_manifest(pipe, schedule: Schedule, config: RecordConfig) -> dict:
         "schedule": schedule.to_dict(),
         "prompts": list(config.prompts),
         "seeds": list(config.seeds),
+        "seeds_per_prompt": config.seeds_per_prompt,
+        "validation_prompts": list(config.validation_prompts),
+        "validation_seeds": list(config.validation_seeds),
+        "samples": [list(s) for s in config.samples()],
         # callbacks (progress, interruption) do not change what is recorded
         "call_kwargs": _json_safe({k: v for k, v in config.call_kwargs.items() if not callable(v)}),
         "stream": list(spec.stream_names),
@@ -100,36 +108,42 @@ def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | 
     store = TensorStore(out_dir)
     anchors = set(schedule.full_steps)
     before = get_bridge(pipe)  # a pipeline already bridged (an Engine's) gets its configuration back afterwards
-    previous = None if before is None else (before.schedule, before.adapters)
+    previous = None if before is None else (before.schedule, before.adapters, before.inputs)
     runtime = apply_bridge(pipe, config=BridgeConfig(Schedule.full(schedule.num_steps)))
-    state = {"anchor": {}, "entries": [], "prompt": None}
+    state = {"anchor": {}, "previous": {}, "entries": [], "prompt": None, "split": None}
+    sink: dict = {}  # what the output head needs beyond the block's arguments (Wan: the condition embedder's temb)
 
     def on_final_block(module, a, kw, output):
         cur = runtime.current
         step, branch = cur.plan.step, cur.branch
         if step in anchors:
+            state["previous"][branch] = state["anchor"].get(branch)
             state["anchor"][branch] = (step, {n: store.put(args.get(n, a, kw)) for n in spec.stream_names})
             return
         anchor_step, stream = state["anchor"][branch]
+        previous_step, previous_stream = state["previous"].get(branch) or (None, None)
         if schedule.plan(step).anchor != anchor_step:  # anchors are always called before their bridges
             raise RuntimeError(f"step {step} ({branch}) expected anchor {schedule.plan(step).anchor}, "
                                f"recorded anchor is {anchor_step}")
         bound = args.bind(a, kw)
         cond = {k: v for k, v in bound.items() if k not in spec.stream_names}
         state["entries"].append({
-            "prompt": state["prompt"], "step": step, "branch": branch, "anchor": anchor_step,
-            "stream": stream, "cond": store.put_tree(cond),
+            "prompt": state["prompt"], "split": state["split"], "step": step, "branch": branch,
+            "anchor": anchor_step, "stream": stream, "previous": previous_step, "stream_previous": previous_stream,
+            "cond": store.put_tree(cond), "head": store.put_tree(head_conditioning(spec.family, cond, sink)),
             "target": store.put(spec.unpack_output(output)["hidden_states"]),
         })
 
     handle = final.register_forward_hook(on_final_block, with_kwargs=True)
-    bar = tqdm(total=len(config.prompts), desc="recording pairs", disable=not progress)
+    head_handle = capture_head_inputs(transformer, spec.family, sink)
+    samples = config.samples()
+    bar = tqdm(total=len(samples), desc="recording pairs", disable=not progress)
     try:
-        for index, (prompt, seed) in enumerate(zip(config.prompts, config.seeds)):
+        for index, (prompt, seed, split) in enumerate(samples):
             if index in manifest["completed_prompts"]:
                 bar.update()
                 continue
-            state.update(anchor={}, entries=[], prompt=index)
+            state.update(anchor={}, previous={}, entries=[], prompt=index, split=split)
             with torch.no_grad():
                 pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(seed),
                      num_inference_steps=schedule.num_steps, output_type="latent", **config.call_kwargs)
@@ -142,6 +156,8 @@ def record_pairs(pipe, schedule: Schedule, config: RecordConfig, out_dir: str | 
     finally:
         bar.close()
         handle.remove()
+        if head_handle is not None:
+            head_handle.remove()
         if previous is None:
             remove_bridge(pipe)
         else:

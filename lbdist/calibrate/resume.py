@@ -7,7 +7,7 @@ caller asks to start over (`restart=True`; the CLI's `--restart`), which first c
 that directory (only the files calibration writes there; nothing else in it is touched).
 
 What is compared:
-- recorded pairs (`record_pairs`): model class and config digest, schedule, prompts, seeds, call arguments;
+- recorded pairs (`record_pairs`): model class and config digest, schedule, prompts, seeds (and seeds per prompt), validation samples, call arguments;
 - trained bridges (`train_adapters`): model, schedule and LoRA shape of the set, and per bridge the settings
   it was trained with (every field of the resolved TrainConfig plus the recording's prompts, seeds and call
   arguments), which the adapter manifest keeps per bridge (`training.<step>_<branch>.settings`). A bridge
@@ -24,9 +24,11 @@ from pathlib import Path
 
 from .config import TrainConfig
 
-RECORDING_KEYS = ("transformer_class", "config_digest", "schedule", "prompts", "seeds", "call_kwargs")
+RECORDING_KEYS = ("transformer_class", "config_digest", "schedule", "prompts", "seeds", "call_kwargs",
+                  "seeds_per_prompt", "validation_prompts", "validation_seeds")
 # Recording settings that each trained bridge depends on beyond the model and schedule.
-BRIDGE_RECORDING_KEYS = ("prompts", "seeds", "call_kwargs")
+BRIDGE_RECORDING_KEYS = ("prompts", "seeds", "call_kwargs", "seeds_per_prompt", "validation_prompts",
+                         "validation_seeds")
 _MISSING = object()
 _BRIDGE_FILE = re.compile(r"^step\d+_[A-Za-z0-9_]+\.safetensors$")
 

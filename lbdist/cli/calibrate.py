@@ -63,8 +63,10 @@ def check_args(args: argparse.Namespace):
     preflight.check_dtype(args.dtype)
     from ..calibrate import RecordConfig, TrainConfig
 
-    record = RecordConfig(prompts=tuple(prompts), seeds=tuple(args.seeds or ()))
-    train = TrainConfig(rank=args.rank, alpha=args.alpha, lr=args.lr, max_epochs=args.epochs,
+    validation = read_prompts(args.validation_prompts) if getattr(args, "validation_prompts", None) else []
+    record = RecordConfig(prompts=tuple(prompts), seeds=tuple(args.seeds or ()),
+                          seeds_per_prompt=getattr(args, "seeds_per_prompt", 1), validation_prompts=tuple(validation))
+    train = TrainConfig(recipe=getattr(args, "recipe", "lbdist"), rank=args.rank, alpha=args.alpha, lr=args.lr, max_epochs=args.epochs,
                         holdout_prompts=args.holdout, patience=args.patience, eval_every=args.eval_every,
                         seed=args.seed)
     preflight.check_request(args.model, shape)  # sizes, frames, the schedule against the steps, before the weights
@@ -102,6 +104,12 @@ def register(sub) -> None:
     add_model_args(c)
     c.add_argument("--prompts", required=True, help="text file, one calibration prompt per line (3-5)")
     c.add_argument("--seeds", type=int, nargs="*", help="one seed per prompt (default 0, 1, 2, ...)")
+    c.add_argument("--recipe", default="lbdist", choices=("lbdist", "paper"),
+                   help="lbdist: guided output loss on the extrapolated input (default); paper: hidden-state MSE on "
+                        "the cached input (README 'Calibration recipe')")
+    c.add_argument("--validation-prompts", default=None,
+                   help="text file of validation prompts (not calibration, not evaluation): early stopping watches them")
+    c.add_argument("--seeds-per-prompt", type=int, default=1, help="samples (seeds) per calibration prompt")
     c.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's own)")
     c.add_argument("--schedule", required=True, help="N, periodic:N[:w=W][:z=Z] or steps:0,5,...")
     c.add_argument("--out", required=True, help="adapter set directory (created; a rerun resumes)")

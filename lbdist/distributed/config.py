@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 
 from ..calibrate import TrainConfig
+from ..calibrate.config import RECIPE_SETTINGS
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VERIFY = ("full", "size")
@@ -47,7 +48,8 @@ class CalibrationJob:
     height, width, frames, guidance: the sampling shape (None: the model's defaults).
     dtype: weights dtype of every worker ("auto": bf16 on GPU, fp32 on the CPU).
     train: how each bridge is trained (`TrainConfig`; lr and epochs default to the family's recipe). Held-out
-        prompts are supported without refit (`refit=False`).
+        prompts are supported without refit (`refit=False`). Only the paper recipe (`recipe="paper"`: hidden-state
+        objective, cached bridge input) runs distributed; other recipes are refused at submission.
     warm_start: each bridge starts from its neighbour's trained LoRA (the bridge one step earlier from the same
         anchor) instead of a fresh one; bridges then train in waves by their offset from the anchor, each wave
         after the one before it. With early stopping this cuts training (README "Calibrate on a cluster").
@@ -79,7 +81,7 @@ class CalibrationJob:
     frames: int | None = None
     guidance: float | None = None
     dtype: str = "auto"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(refit=False))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(recipe="paper", refit=False))
     warm_start: bool = False
     checkpoint_every: int | None = None
     max_failures: int = 3
@@ -124,6 +126,13 @@ class CalibrationJob:
             raise ValueError(f"verify must be one of {VERIFY}, got {self.verify!r}")
         if not isinstance(self.train, TrainConfig):
             raise ValueError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+        objective, bridge_input = RECIPE_SETTINGS[self.train.recipe]
+        objective, bridge_input = self.train.objective or objective, self.train.bridge_input or bridge_input
+        if (self.train.recipe, objective, bridge_input) != ("paper", "hidden", "cached"):
+            raise ValueError(
+                f"distributed calibration runs recipe 'paper' only (objective 'hidden', bridge_input 'cached'), got "
+                f"recipe {self.train.recipe!r} (objective {objective!r}, bridge_input {bridge_input!r}): pass "
+                "TrainConfig(recipe='paper', ...) or calibrate in one process (lbdist.calibrate.calibrate)")
         if self.train.holdout_prompts and self.train.refit:
             raise ValueError("held-out prompts with refit are not supported by distributed calibration yet: pass "
                              "--no-refit (early stopping on the held-out prompts, no refit) or --holdout 0")

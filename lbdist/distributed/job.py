@@ -75,7 +75,7 @@ def parser(family: str) -> argparse.ArgumentParser:
 
 def job_from_args(argv: list[str], family: str) -> CalibrationJob:
     a = parser(family).parse_args(argv)
-    train = TrainConfig(rank=a.rank, alpha=a.alpha, lr=a.lr, max_epochs=a.epochs, patience=a.patience,
+    train = TrainConfig(recipe="paper", rank=a.rank, alpha=a.alpha, lr=a.lr, max_epochs=a.epochs, patience=a.patience,
                         eval_every=a.eval_every, holdout_prompts=a.holdout, refit=False, seed=a.seed)
     return CalibrationJob(family=family, model=a.model, prompts=tuple(read_prompts(a.prompts)), schedule=a.schedule,
                           steps=a.steps, output=a.output, run_id=a.run_id, workers=a.workers, sp_degree=a.sp_degree,

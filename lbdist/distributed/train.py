@@ -213,7 +213,9 @@ def train_all(job, layout: RunLayout, description: dict, entries: dict, progress
 
 
 def _recording_keys(job, description: dict) -> dict:
-    return {"prompts": list(job.prompts), "seeds": list(job.seeds), "call_kwargs": description["call_kwargs"]}
+    # one seed per prompt and no validation split: what a single-process recording of the same prompts holds
+    return {"prompts": list(job.prompts), "seeds": list(job.seeds), "call_kwargs": description["call_kwargs"],
+            "seeds_per_prompt": 1, "validation_prompts": [], "validation_seeds": []}
 
 
 def _cluster_workers(ray, use_gpu: bool, job) -> int:
