@@ -105,3 +105,20 @@ def test_speed_quick_every_peer_skipped_work(tmp_path):
         assert pipe["end_to_end_cap"] > 1.0
         est = runs[("pab", "estimate from step costs")]
         assert len(est["step_ms"]) == 3 and est["loop_s"] > 0
+
+
+@pytest.mark.slow
+def test_distcal_gpu_quick_runs_every_phase(tmp_path):
+    """`tools/bench_distcal.py gpu --quick`: the GPU benchmark's code (worker groups record, Ray Train + DeepSpeed
+    train on 1 and 2 workers, ZeRO stage 0 and 2 memory) on CPU workers; 2-8 min on two shared cores."""
+    out = tmp_path / "distcal.json"
+    assert tool("bench_distcal")["main"](["gpu", "--quick", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    phases = report["phases"]
+    assert [(r["workers"], r["sp_degree"]) for r in phases["record"]] == [(1, 1), (2, 1), (2, 2)]
+    assert all(r["seconds"] > 0 and r["steps_recorded"] == 16 for r in phases["record"])
+    assert [r["workers"] for r in phases["train"]] == [1, 2]
+    assert all(r["bridges"] == 12 and r["training_loop_s"] > 0 for r in phases["train"])
+    assert [m["zero_stage"] for m in phases["memory"]] == [0, 2]
+    assert all(len(m["peak_gb_per_rank"]) == 2 and min(m["peak_gb_per_rank"]) > 0 for m in phases["memory"])
+    assert report["commit"] and report["targets"]["training_speedup_2gpu"] == 1.8 and "targets_met" not in report

@@ -15,6 +15,8 @@
     sp_report.py      bench_sp's derived numbers, comparison against given targets, merging split runs, table
     perf.py           issue 15: CFG-parallel / Ulysses layouts, compiled blocks, whole pipeline, VAE decode (bench_perf)
     perf_report.py    bench_perf's derived numbers, targets met or missed, merging calls, tables
+    distcal.py        issue 12: calibration cost cut on the toys, distributed recording / training / ZeRO memory
+                      (bench_distcal)
 
 Names load their modules on first use (importing `lbdist.evaluate` imports no torch).
 

@@ -27,7 +27,7 @@ def build_pipeline(config: dict, words=(), seed: int = 0, vae_config: dict | Non
     """A `FluxPipeline` of the real classes (CLIP + T5 text encoders) with word-level tokenizers."""
     from ..toy.tokenizer import word_tokenizer
 
-    tokenizer = word_tokenizer(words, model_max_length=16)
+    tokenizer = word_tokenizer(words, model_max_length=77)  # CLIP reads the whole prompt, as in FLUX.1
     tokenizer_2 = word_tokenizer(words)
     torch.manual_seed(seed)
     vae = AutoencoderKL(**(vae_config or dict(
