@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -59,11 +60,23 @@ def load_deepspeed():
     """Import DeepSpeed (on a machine without CUDA, with its CPU accelerator); a missing install names the extra."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    _same_ninja()
     try:
         import deepspeed
     except ImportError as exc:
         raise ImportError(f"distributed calibration needs DeepSpeed ({exc}): {INSTALL_HINT}") from exc
     return deepspeed
+
+
+def _same_ninja() -> None:
+    """Put this interpreter's bin directory first on PATH when it holds a `ninja`. DeepSpeed JIT-builds its ops
+    (on the CPU, the shared-memory allreduce) with whichever ninja PATH finds; a driver and Ray workers that
+    find different ninja releases (pip's in the venv, the system's) read each other's build log as a changed
+    command line and rebuild the op in every process (1-3 minutes on two cores each time)."""
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.exists(os.path.join(bindir, "ninja")) and path.split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
 
 
 def ds_config(settings: ZeroSettings) -> dict:
