@@ -244,13 +244,15 @@ def run_generalisation(config: GeneralisationConfig, log=print, on_interval=None
     return report
 
 
-def recipe_train(recipe: str, rank: int = 8, epochs: int = 300):
+def recipe_train(recipe: str, rank: int = 8, epochs: int = 300, objective: str | None = None,
+                 bridge_input: str | None = None):
     """The toy TrainConfig of a recipe: rank `rank` (the toys' final block is small; the reference uses 32 on the
-    real models), lr 2e-3, evaluations every 5 epochs, patience 3 (the settings the recipe was chosen with)."""
+    real models), lr 2e-3, evaluations every 5 epochs, patience 3 (the settings the recipe was chosen with);
+    `objective` / `bridge_input` override the recipe's."""
     from ..calibrate import TrainConfig
 
-    return TrainConfig(recipe=recipe, rank=rank, alpha=2.0 * rank, lr=2e-3, max_epochs=epochs, eval_every=5,
-                       patience=3, min_delta=1e-3, refit=False)
+    return TrainConfig(recipe=recipe, objective=objective, bridge_input=bridge_input, rank=rank, alpha=2.0 * rank,
+                       lr=2e-3, max_epochs=epochs, eval_every=5, patience=3, min_delta=1e-3, refit=False)
 
 
 def slim(report: dict) -> dict:
