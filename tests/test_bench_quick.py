@@ -1,6 +1,7 @@
 """`tools/bench_fidelity.py --quick` and `tools/bench_speed.py --quick` on the CPU: every method produced finite
 metrics, every peer executed less than full compute, LearniBridge ran its calibrated adapters, reports exist;
-and the layout rule that tools and the package never edit the import path."""
+`tools/bench_distcal.py gpu --quick` (slow) ran every phase; and the layout rule that tools and the package never
+edit the import path."""
 from __future__ import annotations
 
 import json

@@ -52,7 +52,7 @@ class CalibrationJob:
         objective, cached bridge input) runs distributed; other recipes are refused at submission.
     warm_start: each bridge starts from its neighbour's trained LoRA (the bridge one step earlier from the same
         anchor) instead of a fresh one; bridges then train in waves by their offset from the anchor, each wave
-        after the one before it. With early stopping this cuts training (README "Calibrate on a cluster").
+        after the one before it. Its measured effect on cost: README "Calibrate on a cluster", cost cut.
     checkpoint_every: epochs per checkpoint window (None: `train.eval_every`).
     max_failures: worker failures a trainer survives (each restarts it from its last checkpoint).
     max_bridges_per_trainer: bridges trained together by one trainer (None: as many as the memory estimate lets

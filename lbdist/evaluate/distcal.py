@@ -2,10 +2,11 @@
 (`run_costcut`, CPU) and distributed calibration's scaling and memory on GPUs (`run_gpu`; `quick` on the CPU).
 
 costcut: record the toy's calibration prompts once, then train every bridge under each variant of `VARIANTS`
-(the reference recipe: the family's rate for a fixed number of epochs; early stopping, warm start from the
-neighbouring bridge, fewer epochs) with the single-process trainer, which the distributed one reproduces bridge
-for bridge (tests/test_zero.py); every variant's adapters are scored on held-out prompts and seeds (relative L2 of
-the final latents against full compute). Cost = pair passes (epochs x pairs) and CPU seconds, against the reference.
+with the single-process trainer and the paper recipe (hidden-state objective, cached input), which is what the
+distributed job runs and reproduces bridge for bridge (tests/test_zero.py). Variants: the reference (the family's
+rate for a fixed number of epochs), early stopping, warm start from the neighbouring bridge, fewer epochs. Every
+variant's adapters are scored on held-out prompts and seeds (relative L2 of the final latents against full
+compute). Cost = pair passes (epochs x pairs) and CPU seconds, against the reference.
 
 gpu: everything through lbdist.distributed on a Ray cluster started on this machine: worker groups record
 (`record_all`, cut after `record_steps` steps per prompt, full-schedule figures extrapolated linearly and labelled
@@ -155,33 +156,38 @@ def run_costcut(settings: CostCutSettings, out: str | os.PathLike, log=print) ->
     began = time.process_time()
     record_pairs(pipe, schedule, RecordConfig(calib, seeds, call), pairs, progress=False)
     manifest = read_manifest(pairs)
-    report = {"benchmark": "distcal_costcut", **environment(), "family": settings.family,
+    report = {"benchmark": "distcal_costcut", **environment(), "cpus": os.cpu_count(), "family": settings.family,
               "model": f"toy:{settings.family}", "steps": steps, "interval": settings.interval,
               "epoch_cap": settings.cap, "lr": settings.lr, "calibration_prompts": list(calib),
               "heldout_prompts": list(held), "heldout_seeds": list(held_seeds), "threads": settings.threads,
               "recording_cpu_seconds": round(time.process_time() - began, 1),
-              "metric": "relative L2 of the final latents against full compute, mean over the held-out prompts",
+              "metric": "relative L2 of the final latents against full compute, mean over the held-out prompts "
+                        "(calibration_*: the same on the calibration prompts and seeds, i.e. in-sample fit)",
               "variants": {}}
     references: dict = {}
     uncal = heldout_errors(pipe, schedule, None, held, held_seeds, steps, call, references)
-    report["uncalibrated"] = {"heldout": uncal, "heldout_mean": sum(uncal) / len(uncal)}
+    fit = heldout_errors(pipe, schedule, None, calib, seeds, steps, call, references)
+    report["uncalibrated"] = {"heldout": uncal, "heldout_mean": sum(uncal) / len(uncal),
+                              "calibration": fit, "calibration_mean": sum(fit) / len(fit)}
     write_json(out, report, indent=1)
     for name in settings.variants:
         overrides, warm, what = VARIANTS[name]
         overrides = {**overrides, "max_epochs": overrides["max_epochs"] or settings.cap}
-        config = TrainConfig(lr=settings.lr, refit=False, **overrides).resolved(settings.family)
+        config = TrainConfig(recipe="paper", lr=settings.lr, refit=False, **overrides).resolved(settings.family)
         began = time.process_time()
         adapters, totals = train_variant(pipe, pairs, config, warm, manifest)
         cpu = time.process_time() - began
         errors = heldout_errors(pipe, schedule, adapters, held, held_seeds, steps, call, references)
+        fit = heldout_errors(pipe, schedule, adapters, calib, seeds, steps, call, references)
         report["variants"][name] = {
             "what": what, "warm_start": warm,
-            "config": {k: getattr(config, k) for k in ("lr", "max_epochs", "eval_every", "patience", "min_delta",
-                                                       "rank", "alpha")},
+            "config": {k: getattr(config, k) for k in ("recipe", "lr", "max_epochs", "eval_every", "patience",
+                                                       "min_delta", "rank", "alpha")},
             "pair_passes": totals["pair_passes"], "forward_passes": totals["forward_passes"],
             "train_seconds": round(totals["seconds"], 1), "cpu_seconds": round(cpu, 1),
             "epochs_mean": sum(totals["epochs"]) / len(totals["epochs"]), "epochs_max": max(totals["epochs"]),
-            "heldout": errors, "heldout_mean": sum(errors) / len(errors)}
+            "heldout": errors, "heldout_mean": sum(errors) / len(errors),
+            "calibration": fit, "calibration_mean": sum(fit) / len(fit)}
         relative(report)
         write_json(out, report, indent=1)
         log(f"{name}: {json.dumps(report['variants'][name])[:400]}")
@@ -197,6 +203,8 @@ def relative(report: dict) -> None:
         v["compute_vs_reference"] = round(v["pair_passes"] / ref["pair_passes"], 4)
         v["cpu_seconds_vs_reference"] = round(v["cpu_seconds"] / max(ref["cpu_seconds"], 1e-9), 4)
         v["heldout_vs_reference"] = round(v["heldout_mean"] / ref["heldout_mean"], 4)
+        if "calibration_mean" in ref:
+            v["calibration_vs_reference"] = round(v["calibration_mean"] / ref["calibration_mean"], 4)
 
 
 # --- gpu ------------------------------------------------------------------------------------------------------
@@ -255,7 +263,8 @@ def _job(s: GpuSettings, folder: Path, run_id: str, workers: int, sp: int):
     from ..calibrate import TrainConfig
     from ..distributed.config import CalibrationJob
 
-    train = TrainConfig(lr=1e-4, max_epochs=s.epochs, patience=10**6, eval_every=s.epochs, refit=False)
+    train = TrainConfig(recipe="paper", lr=1e-4, max_epochs=s.epochs, patience=10**6, eval_every=s.epochs,
+                        refit=False)
     return CalibrationJob(family="wan", model=str(folder), prompts=PROMPTS[:s.prompts], schedule=str(s.interval),
                           steps=s.steps, output=str(Path(s.work) / "runs"), run_id=run_id, workers=workers,
                           sp_degree=sp, train=train, dtype="auto")
@@ -375,7 +384,7 @@ def memory_loop(config: dict) -> None:
     transformer, spec = _one_block(config["model"], device, dtype)
     final = spec.final_block(transformer)
     pair = _synthetic_pair(config["model"], transformer, spec, device, dtype)
-    train = TrainConfig(max_epochs=config["epochs"], patience=10**6, eval_every=config["epochs"],
+    train = TrainConfig(recipe="paper", max_epochs=config["epochs"], patience=10**6, eval_every=config["epochs"],
                         refit=False).resolved(spec.family)
     bridges = [(s, "cond") for s in range(1, config["bridges"] + 1)]
     if cuda:
