@@ -82,7 +82,7 @@ def _adapted(block, state, lora):
 
 
 @pytest.mark.parametrize("family,options", [
-    ("wan", dict()),  # the lbdist recipe: guided objective (cond + uncond jointly), extrapolated input
+    ("wan", dict(bridge_input="extrapolate")),  # guided objective (cond + uncond jointly), extrapolated input
     ("hunyuan_video", dict(objective="output", bridge_input="extrapolate")),
     ("flux", dict(recipe="paper")),
 ])
@@ -163,6 +163,13 @@ def test_the_trainers_output_head_equals_the_models_output(family):
         tokens = apply_head(transformer, family, hidden, head)
         # unpatchify only reorders values: compare as sorted multisets
         torch.testing.assert_close(tokens.flatten().sort().values, model_output.flatten().sort().values)
+
+
+def test_lbdist_recipe_defaults_per_family():
+    assert TrainConfig().resolved("hunyuan_video").bridge_input == "extrapolate"
+    assert TrainConfig().resolved("flux").objective == "guided"
+    assert (TrainConfig().resolved("wan").objective, TrainConfig().resolved("wan").bridge_input) == ("guided", "cached")
+    assert TrainConfig(bridge_input="extrapolate").resolved("wan").bridge_input == "extrapolate"
 
 
 def test_recording_keeps_samples_splits_previous_streams_and_head(tmp_path):

@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model reference (default: the bundled toy:<family>)")
     p.add_argument("--intervals", type=int, nargs="+", default=[5, 6, 7])
     p.add_argument("--recipe", default="lbdist", choices=("lbdist", "paper"))
+    p.add_argument("--objective", default=None, choices=("hidden", "output", "guided"), help="override the recipe's")
+    p.add_argument("--bridge-input", default=None, choices=("cached", "extrapolate"), help="override the recipe's")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--evaluation-prompts", type=int, default=16)
@@ -46,7 +48,8 @@ def main(argv=None) -> int:
     config = GeneralisationConfig(args.family, tuple(args.intervals), model=args.model,
                                   evaluation_prompts=args.evaluation_prompts, evaluation_seeds=args.evaluation_seeds,
                                   seeds_per_prompt=args.seeds_per_prompt,
-                                  train=recipe_train(args.recipe, args.rank, args.epochs),
+                                  train=recipe_train(args.recipe, args.rank, args.epochs, args.objective,
+                                                     args.bridge_input),
                                   **({"methods": tuple(args.methods)} if args.methods else {}))
 
     def save(report):

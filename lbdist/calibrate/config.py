@@ -14,6 +14,17 @@ OBJECTIVES = ("hidden", "output", "guided")
 BRIDGE_INPUTS = ("cached", "extrapolate")
 # what each recipe trains: (objective, bridge input); README "Calibration recipe" has the evidence
 RECIPE_SETTINGS = {"lbdist": ("guided", "extrapolate"), "paper": ("hidden", "cached")}
+# the lbdist recipe's bridge input where it is not "extrapolate": chosen per family by the uncalibrated bridge's
+# error on validation prompts (Wan toy, N=5/6/7: cached 0.180/0.205 rel. L2, extrapolated 0.208/0.371)
+LBDIST_BRIDGE_INPUT = {"wan": "cached"}
+
+
+def recipe_settings(recipe: str, family: str | None = None) -> tuple[str, str]:
+    """(objective, bridge input) of `recipe` for `family`."""
+    objective, bridge_input = RECIPE_SETTINGS[recipe]
+    if recipe == "lbdist" and family is not None:
+        bridge_input = LBDIST_BRIDGE_INPUT.get(family, bridge_input)
+    return objective, bridge_input
 
 @dataclass(frozen=True)
 class RecordConfig:
@@ -97,10 +108,11 @@ class TrainConfig:
     recipe: "lbdist" (default) or "paper". "paper" is the reference: the final block's hidden-state MSE on
         the anchor's cached input, early stopping on the training loss (or `holdout_prompts`). "lbdist"
         trains through the model's output head on the guided output `u + g (c - u)` (cond and uncond
-        adapters of a step fitted jointly; the plain output for one-branch families) from a first-order
-        extrapolated input, and early-stops on the recording's validation samples (RecordConfig.
-        validation_prompts) when it has them. Chosen by validation error on the toys (README "Calibration
-        recipe"). Distributed calibration (`lbdist.distributed`) runs the paper recipe only.
+        adapters of a step fitted jointly; the plain output for one-branch families), from the first-order
+        extrapolated input, or the cached one where the family's validation error chose it
+        (`LBDIST_BRIDGE_INPUT`: Wan), and early-stops on the recording's validation samples
+        (`RecordConfig.validation_prompts`) when it has them. Chosen by validation error on the toys (README
+        "Calibration recipe"). Distributed calibration (`lbdist.distributed`) runs the paper recipe only.
     objective: None (the recipe's), "hidden" (hidden-state MSE, the paper), "output" (MSE of the model output
         through the head, per branch) or "guided" (MSE of the guided output, branches of a step jointly).
     bridge_input: None (the recipe's), "cached" (the anchor's stream, the paper) or "extrapolate" (first order
@@ -189,7 +201,7 @@ class TrainConfig:
         from ..models import get_spec_by_family
 
         recipe = get_spec_by_family(family).recipe
-        objective, bridge_input = RECIPE_SETTINGS[self.recipe]
+        objective, bridge_input = recipe_settings(self.recipe, family)
         return replace(self, lr=self.lr if self.lr is not None else recipe.lr,
                        max_epochs=self.max_epochs if self.max_epochs is not None else recipe.max_epochs,
                        objective=self.objective or objective, bridge_input=self.bridge_input or bridge_input)

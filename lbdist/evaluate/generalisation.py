@@ -244,13 +244,15 @@ def run_generalisation(config: GeneralisationConfig, log=print, on_interval=None
     return report
 
 
-def recipe_train(recipe: str, rank: int = 8, epochs: int = 300):
+def recipe_train(recipe: str, rank: int = 8, epochs: int = 300, objective: str | None = None,
+                 bridge_input: str | None = None):
     """The toy TrainConfig of a recipe: rank `rank` (the toys' final block is small; the reference uses 32 on the
-    real models), lr 2e-3, evaluations every 5 epochs, patience 3 (the settings the recipe was chosen with)."""
+    real models), lr 2e-3, evaluations every 5 epochs, patience 3 (the settings the recipe was chosen with);
+    `objective` / `bridge_input` override the recipe's."""
     from ..calibrate import TrainConfig
 
-    return TrainConfig(recipe=recipe, rank=rank, alpha=2.0 * rank, lr=2e-3, max_epochs=epochs, eval_every=5,
-                       patience=3, min_delta=1e-3, refit=False)
+    return TrainConfig(recipe=recipe, objective=objective, bridge_input=bridge_input, rank=rank, alpha=2.0 * rank,
+                       lr=2e-3, max_epochs=epochs, eval_every=5, patience=3, min_delta=1e-3, refit=False)
 
 
 def slim(report: dict) -> dict:
@@ -261,16 +263,17 @@ def slim(report: dict) -> dict:
 
 
 def table(report: dict) -> str:
-    """Markdown rows (family, N, method: rel. L2 and PSNR with 95% intervals; paired differences) of a report."""
+    """Markdown rows (family, N, each of METHODS: rel. L2 and PSNR with 95% intervals, "-" if not run; paired
+    differences calibrated - uncalibrated and calibrated - extrapolated) of a report."""
     def cell(s, fmt):
         return f"{s['mean']:{fmt}} [{s['lo']:{fmt}}, {s['hi']:{fmt}}]"
 
     lines = []
     for n, entry in report["intervals"].items():
         summ, paired = entry.get("summary", {}), entry.get("paired", {})
-        methods = [m for m in METHODS if m in summ]
-        values = " | ".join(f"{cell(summ[m]['rel_l2'], '.4f')}, {cell(summ[m]['psnr'], '.1f')} dB" for m in methods)
-        diffs = " | ".join(f"{cell(paired[k]['rel_l2'], '+.4f')}, {cell(paired[k]['psnr'], '+.1f')} dB"
-                           for k in ("calibrated-uncalibrated", "calibrated-extrapolated") if k in paired)
+        values = " | ".join(f"{cell(summ[m]['rel_l2'], '.4f')}, {cell(summ[m]['psnr'], '.1f')} dB" if m in summ
+                            else "-" for m in METHODS)
+        diffs = " | ".join(f"{cell(paired[k]['rel_l2'], '+.4f')}, {cell(paired[k]['psnr'], '+.1f')} dB" if k in paired
+                           else "-" for k in ("calibrated-uncalibrated", "calibrated-extrapolated"))
         lines.append(f"| {report['family']} | {n} | {values} | {diffs} |")
     return "\n".join(lines)
