@@ -238,6 +238,7 @@ CLI_ROWS = [
     Row("demo-prompts-2", demo("--prompts", "2"), "calibration_prompts=2"),
     Row("demo-prompts-6", demo("--prompts", "6"), "calibration_prompts=6"),
     Row("demo-epochs-0", demo("--epochs", "0"), "epochs=0"),
+    Row("demo-validation-0", demo("--validation-prompts", "0"), "validation_prompts=0"),
     Row("demo-out-file", demo("--out", "afile"), "'afile'", late=True),
     Row("demo-out-unwritable", demo("--out", "afile/demo"), "'afile/demo'", late=True),
 ]
@@ -355,6 +356,7 @@ API_ROWS = [
     Row("demo-cfg-extra", lambda: DemoConfig(extra={"seed": 1}), "'seed'"),
     Row("demo-cfg-lr", lambda: DemoConfig(lr=0), "lr=0"),
     Row("demo-cfg-fps", lambda: DemoConfig(fps=0), "fps=0"),
+    Row("demo-cfg-validation", lambda: DemoConfig(validation_prompts=21), "validation_prompts=21"),
     Row("demo-run-out-file", lambda: run_demo("afile", DemoConfig(model="tiny:wan", steps=4, interval=2)), "'afile'",
         late=True),
     # WorkerGroupConfig
