@@ -25,7 +25,8 @@ from .metrics import psnr, relative_l2
 EVALUATION_SEED = 2_000_000  # evaluation prompt i, seed j: EVALUATION_SEED + 1000 * j + i
 VALIDATION_POOL_SEED = 7  # validation prompts: training combinations drawn with this seed, minus calibration
 VALIDATION_SEED = 5000  # validation prompt i: VALIDATION_SEED + i
-METHODS = ("uncalibrated", "extrapolated", "calibrated")  # what each interval measures (README "Calibration recipe")
+METHODS = ("uncalibrated", "extrapolated", "calibrated", "taylorseer_lite")  # what each interval can measure
+# (README "Calibration recipe"); taylorseer_lite: the peer (lbdist.evaluate.peers) at cache interval N
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class GeneralisationConfig:
     evaluation_seeds: int = 2
     train: object = None
     bootstrap: int = 4000
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ("uncalibrated", "extrapolated", "calibrated")
     model: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -103,15 +104,30 @@ class Sampler:
         self.branches = self.info.branches if (self.call.get("guidance_scale") or 0) > 1 else self.info.branches[:1]
         self.references: dict = {}
 
-    def generate(self, prompt: str, seed: int, schedule=None, adapters=None, bridge_input=None):
-        """(frames, final latents) of one generation; `schedule` None: full compute."""
+    def generate(self, prompt: str, seed: int, schedule=None, adapters=None, bridge_input=None, peer=None):
+        """(frames, final latents) of one generation; `schedule` None: full compute. `peer`: (method name of
+        lbdist.evaluate.peers, its knob), run instead of the bridge with fresh state per call."""
+        from ..bridge import BridgeConfig, apply_bridge
+
+        config = None if schedule is None or peer else BridgeConfig(schedule, adapters=adapters,
+                                                                    bridge_input=bridge_input, branches=self.branches)
+        apply_bridge(self.pipe, config=config)
+        if peer:
+            from .peers import MethodSetup, get_method
+
+            method = get_method(peer[0])
+            method.apply(self.pipe, peer[1], MethodSetup(self.info.family, self.steps, tuple(self.branches)))
+            try:
+                return self._sample(prompt, seed)
+            finally:
+                method.remove(self.pipe)
+        return self._sample(prompt, seed)
+
+    def _sample(self, prompt: str, seed: int):
         import torch
 
-        from ..bridge import BridgeConfig, apply_bridge, reset_bridge
+        from ..bridge import reset_bridge
 
-        config = None if schedule is None else BridgeConfig(schedule, adapters=adapters, bridge_input=bridge_input,
-                                                            branches=self.branches)
-        apply_bridge(self.pipe, config=config)
         final = {}
 
         def keep(pipe, i, t, tensors):
@@ -134,11 +150,11 @@ class Sampler:
             self.references[prompt, seed] = self.generate(prompt, seed)
         return self.references[prompt, seed]
 
-    def rows(self, samples, schedule, adapters=None, bridge_input=None) -> list[dict]:
+    def rows(self, samples, schedule, adapters=None, bridge_input=None, peer=None) -> list[dict]:
         rows = []
         for prompt, seed in samples:
             frames, latents = self.reference(prompt, seed)
-            got_frames, got_latents = self.generate(prompt, seed, schedule, adapters, bridge_input)
+            got_frames, got_latents = self.generate(prompt, seed, schedule, adapters, bridge_input, peer)
             rows.append({"prompt": prompt, "seed": seed, "rel_l2": relative_l2(got_latents, latents),
                          "psnr": psnr(got_frames, frames)})
         return rows
@@ -229,14 +245,15 @@ def run_generalisation(config: GeneralisationConfig, log=print, on_interval=None
             for method in config.methods:
                 started = time.perf_counter()
                 kwargs = {"calibrated": dict(adapters=adapters), "extrapolated": dict(bridge_input="extrapolate"),
-                          "uncalibrated": {}}[method]
+                          "uncalibrated": {}, "taylorseer_lite": dict(peer=("taylorseer_lite", n))}[method]
                 entry["rows"][method] = sampler.rows(parts.evaluation, schedule, **kwargs)
                 entry.setdefault("seconds", {})[method] = round(time.perf_counter() - started, 1)
                 entry.setdefault("summary", {})[method] = summary(entry["rows"][method], n=config.bootstrap)
                 log({"interval": n, "method": method, **entry["summary"][method]})
         rows = entry["rows"]
         entry["paired"] = {f"calibrated-{b}": paired_difference(rows["calibrated"], rows[b], n=config.bootstrap)
-                           for b in ("uncalibrated", "extrapolated") if "calibrated" in rows and b in rows}
+                           for b in ("uncalibrated", "extrapolated", "taylorseer_lite")
+                           if "calibrated" in rows and b in rows}
         log({"interval": n, "paired": entry["paired"]})
         report["intervals"][str(n)] = entry
         if on_interval is not None:
