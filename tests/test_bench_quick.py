@@ -113,7 +113,11 @@ def test_distcal_gpu_quick_runs_every_phase(tmp_path):
     """`tools/bench_distcal.py gpu --quick`: the GPU benchmark's code (worker groups record, Ray Train + DeepSpeed
     train on 1 and 2 workers, ZeRO stage 0 and 2 memory) on CPU workers; 2-8 min on two shared cores."""
     out = tmp_path / "distcal.json"
+    import ray
+
+    started_here = not ray.is_initialized()
     assert tool("bench_distcal")["main"](["gpu", "--quick", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert ray.is_initialized() != started_here  # the Ray it started is shut down (later tests start their own)
     report = json.loads(out.read_text())
     phases = report["phases"]
     assert [(r["workers"], r["sp_degree"]) for r in phases["record"]] == [(1, 1), (2, 1), (2, 2)]

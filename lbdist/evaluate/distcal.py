@@ -445,8 +445,18 @@ def run_gpu(s: GpuSettings, out: str | os.PathLike) -> dict:
     t = time.perf_counter()
     report["call"] = save_model(s.model, folder, "cuda" if cuda else "cpu")
     report["build_s"] = round(time.perf_counter() - t, 1)
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(include_dashboard=False, **({} if cuda else {"num_cpus": max(2, *s.gpus)}))
+    try:
+        _phases(s, folder, cuda, report, out)
+    finally:
+        if started:  # leave the process as it was (a caller's own ray.init must not meet this cluster)
+            ray.shutdown()
+    return report
+
+
+def _phases(s: GpuSettings, folder: Path, cuda: bool, report: dict, out) -> None:
     phases = report["phases"]
     if "record" in s.phases:
         phases["record"] = []
@@ -467,4 +477,3 @@ def run_gpu(s: GpuSettings, out: str | os.PathLike) -> dict:
         for stage in (0, 2):
             phases["memory"].append(memory_phase(s, cuda, stage, max(s.gpus)))
             write_json(out, report, indent=1)
-    return report
