@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,6 +30,20 @@ def digest(t: torch.Tensor) -> str:
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     h.update(t.view(torch.uint8).reshape(-1).cpu().numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def encode_tree(value: Any, put: Callable[[torch.Tensor], str]) -> Any:
+    """A block argument (tensors in tuples, lists, dicts and plain values) as a JSON-able structure, every tensor
+    replaced by {"tensor": put(tensor)}; `TensorStore.get_tree` reads it back."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": put(value)}
+    if isinstance(value, (tuple, list)):
+        return {"seq": [encode_tree(v, put) for v in value], "tuple": isinstance(value, tuple)}
+    if isinstance(value, dict):
+        return {"map": {str(k): encode_tree(v, put) for k, v in value.items()}}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    raise TypeError(f"cannot record a block argument of type {type(value).__name__}")
 
 
 class TensorStore:
@@ -57,15 +71,7 @@ class TensorStore:
 
     def put_tree(self, value: Any) -> Any:
         """A JSON-able structure with every tensor replaced by {"tensor": digest}."""
-        if isinstance(value, torch.Tensor):
-            return {"tensor": self.put(value)}
-        if isinstance(value, (tuple, list)):
-            return {"seq": [self.put_tree(v) for v in value], "tuple": isinstance(value, tuple)}
-        if isinstance(value, dict):
-            return {"map": {str(k): self.put_tree(v) for k, v in value.items()}}
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return {"value": value}
-        raise TypeError(f"cannot record a block argument of type {type(value).__name__}")
+        return encode_tree(value, self.put)
 
     def get_tree(self, node: Any, device="cpu") -> Any:
         if "tensor" in node:

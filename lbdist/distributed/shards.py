@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
+from ..calibrate.store import encode_tree
+
 META_KEY = "lbdist_pair"
 
 
@@ -33,15 +35,7 @@ class _Names:
         return name
 
     def tree(self, value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return {"tensor": self.add(value)}
-        if isinstance(value, (tuple, list)):
-            return {"seq": [self.tree(v) for v in value], "tuple": isinstance(value, tuple)}
-        if isinstance(value, dict):
-            return {"map": {str(k): self.tree(v) for k, v in value.items()}}
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return {"value": value}
-        raise TypeError(f"cannot record a block argument of type {type(value).__name__}")
+        return encode_tree(value, self.add)
 
 
 def encode_pair(entry: dict, stream: dict[str, torch.Tensor], cond: dict, target: torch.Tensor) -> bytes:
